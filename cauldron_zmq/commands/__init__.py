@@ -1,0 +1,1 @@
+"""Sub-commands of ``cauldron-zmq``, one module per area (router, serve, tools)."""

@@ -1,0 +1,141 @@
+"""The exception hierarchy shared by the router, dispatchers and clients.
+
+Every error a user can catch derives from :class:`CauldronError`.  Errors that
+travel over the wire carry a stable ``code`` (see :mod:`cauldron_zmq.protocol`)
+so that a client in another language can act on them without parsing text.
+
+A dispatcher-side exception reaches the client as a :class:`DispatcherError`
+that *also* derives from the original built-in exception type when there is one,
+so ``except ValueError`` works on the client exactly as it would locally.
+"""
+from __future__ import annotations
+
+import builtins
+from typing import Dict, Optional, Tuple, Type
+
+__all__ = [
+    "CauldronError",
+    "ConfigurationError",
+    "ProtocolError",
+    "RemoteError",
+    "RouterError",
+    "DispatcherError",
+    "TimeoutError",
+    "ServiceNotFound",
+    "NoWriteNecessary",
+    "ConversionError",
+    "remote_exception",
+]
+
+
+class CauldronError(Exception):
+    """Base of every error raised by cauldron_zmq."""
+
+
+class ConfigurationError(CauldronError, ValueError):
+    """A configuration or keyword file is missing or wrong.
+
+    The message names the file, the section, the key and what was expected.
+    """
+
+    def __init__(self, message: str, *, source: Optional[str] = None,
+                 section: Optional[str] = None, key: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.source = source
+        self.section = section
+        self.key = key
+
+
+class ProtocolError(CauldronError):
+    """A message that does not follow the wire protocol."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} [{code}]")
+        self.code = code
+        self.message = message
+
+
+class RemoteError(CauldronError):
+    """An error reply from a peer (router or dispatcher).
+
+    ``code`` is the stable protocol error code, ``remote_type`` the name of the
+    exception type raised on the peer (``"ValueError"``), ``message`` its text.
+    """
+
+    def __init__(self, message: str, *, code: str = "internal",
+                 remote_type: str = "", peer: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.remote_type = remote_type
+        self.peer = peer
+
+    def __str__(self) -> str:
+        prefix = f"{self.remote_type}: " if self.remote_type else ""
+        return f"{prefix}{self.message}"
+
+
+class RouterError(RemoteError):
+    """The router refused or could not complete a request."""
+
+
+class DispatcherError(RemoteError):
+    """A dispatcher refused a request, or a hook on it raised."""
+
+
+class TimeoutError(CauldronError, builtins.TimeoutError):  # noqa: A001 - KTL's name
+    """No answer within the timeout.  Distinct from errors the peer reported."""
+
+
+class ServiceNotFound(CauldronError, LookupError):
+    """The router knows no dispatcher for the service."""
+
+    def __str__(self) -> str:  # LookupError/KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NoWriteNecessary(Exception):
+    """Raised by a ``prewrite`` hook to skip the write without an error (DFW)."""
+
+
+class ConversionError(CauldronError, ValueError):
+    """A value cannot be converted to a keyword's type or breaks its range.
+
+    The message names the keyword, the value and the rule it broke.
+    """
+
+
+# Built-in exception classes a remote error may be mapped onto, so that
+# ``except ValueError`` on the client catches a ValueError raised by a hook.
+_MAPPABLE: Tuple[Type[BaseException], ...] = (
+    ValueError, TypeError, KeyError, LookupError, IndexError, RuntimeError,
+    NotImplementedError, PermissionError, OSError, ArithmeticError,
+    ZeroDivisionError, OverflowError, AttributeError, AssertionError,
+)
+_combined: Dict[Tuple[type, type], type] = {}
+
+
+def _combine(base: Type[RemoteError], builtin: type) -> type:
+    key = (base, builtin)
+    cls = _combined.get(key)
+    if cls is None:
+        name = f"{base.__name__}_{builtin.__name__}"
+        # KeyError/LookupError repr() their argument in str(); RemoteError.__str__ wins (MRO).
+        cls = type(name, (base, builtin), {"__module__": __name__})
+        _combined[key] = cls
+    return cls
+
+
+def remote_exception(message: str, *, code: str, remote_type: str = "",
+                     peer: str = "", base: Type[RemoteError] = DispatcherError) -> RemoteError:
+    """Build the exception a client raises for an error reply.
+
+    When ``remote_type`` names a well-known built-in exception the result is an
+    instance of both ``base`` and that built-in type.
+    """
+    builtin = getattr(builtins, remote_type, None) if remote_type else None
+    cls: type = base
+    if isinstance(builtin, type) and issubclass(builtin, _MAPPABLE) and not issubclass(base, builtin):
+        cls = _combine(base, builtin)
+    exc = cls(message, code=code, remote_type=remote_type, peer=peer)
+    return exc

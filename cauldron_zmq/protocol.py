@@ -1,0 +1,415 @@
+"""The wire protocol, sans I/O: multipart frames to plain data and back.
+
+Nothing here touches a socket.  The router, dispatchers and clients call these
+functions on the frame lists that pyzmq gives them; tests and fuzzers call them
+with no network at all.  ``docs/protocol.rst`` is the normative description.
+
+Frames (all text is UTF-8, JSON is RFC 8259)::
+
+    request   [VERSION, request-id, command, target, payload-json (, raw)]
+    reply     [VERSION, request-id, status, payload-json (, raw)]
+    broadcast [topic, VERSION, payload-json (, raw)]
+
+``status`` is ``ack`` (received, working on it), ``ok`` (payload is the
+result) or ``error`` (payload is ``{"code", "message", "type"}``).  A ROUTER
+socket prefixes the identity frame(s); REQ peers add an empty delimiter, which
+:func:`split_envelope` keeps so the reply can be routed back verbatim.
+
+Decoding never raises: it returns either the message or a :class:`Malformed`
+value that says what was wrong, so a server can answer and go on serving.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+VERSION = b"CZMQ1"
+"""Protocol signature and version; the first frame of every request and reply."""
+
+MAX_ID_LENGTH = 64
+DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
+
+# Commands each server understands.  ``ping`` is common to both.
+ROUTER_COMMANDS = frozenset({"register", "lookup", "unregister", "heartbeat", "list", "shutdown", "ping"})
+DISPATCHER_COMMANDS = frozenset({"read", "write", "list", "describe", "identify", "ping"})
+
+ACK, OK, ERROR = "ack", "ok", "error"
+STATUSES = frozenset({ACK, OK, ERROR})
+
+# Stable error codes.  Clients act on the code, people read the message.
+E_FRAMES = "bad-frames"            # wrong number of frames
+E_VERSION = "bad-version"          # first frame is not VERSION
+E_ENCODING = "bad-encoding"        # a text frame is not UTF-8
+E_JSON = "bad-json"                # the payload is not JSON
+E_COMMAND = "unknown-command"      # command not understood by this server
+E_TOO_LARGE = "too-large"          # message larger than the configured maximum
+E_REQUEST = "bad-request"          # payload fields missing or of the wrong type
+E_NOT_FOUND = "not-found"          # no such service (router)
+E_UNKNOWN_KEYWORD = "unknown-keyword"
+E_READ_ONLY = "read-only"
+E_WRITE_ONLY = "write-only"
+E_INVALID = "invalid-value"        # conversion, range or check() refused the value
+E_WRITE_FAILED = "write-failed"    # a write hook raised
+E_READ_FAILED = "read-failed"      # a read hook raised
+E_EXHAUSTED = "range-exhausted"    # router: no free port pair
+E_CONFLICT = "conflict"            # router: name held by a live dispatcher elsewhere; duplicate keyword
+E_NOT_ALLOWED = "not-allowed"      # refused by policy (e.g. shutdown, write access)
+E_SHUTTING_DOWN = "shutting-down"
+E_INTERNAL = "internal"            # a bug on the server; the message says more
+
+ERROR_CODES = frozenset({
+    E_FRAMES, E_VERSION, E_ENCODING, E_JSON, E_COMMAND, E_TOO_LARGE, E_REQUEST,
+    E_NOT_FOUND, E_UNKNOWN_KEYWORD, E_READ_ONLY, E_WRITE_ONLY, E_INVALID,
+    E_WRITE_FAILED, E_READ_FAILED, E_EXHAUSTED, E_CONFLICT, E_NOT_ALLOWED,
+    E_SHUTTING_DOWN, E_INTERNAL,
+})
+
+Frames = Sequence[Union[bytes, bytearray, memoryview, Any]]
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    command: str
+    target: str = ""
+    payload: Any = None
+    raw: Optional[bytes] = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    id: str
+    status: str
+    payload: Any = None
+    raw: Optional[bytes] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @property
+    def error(self) -> Optional[dict]:
+        return self.payload if self.status == ERROR else None
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    service: str
+    keyword: str          # "" for a heartbeat
+    payload: Any = None
+    raw: Optional[bytes] = None
+
+    @property
+    def is_heartbeat(self) -> bool:
+        return self.keyword == ""
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """What was wrong with a message that could not be decoded.
+
+    ``id`` is the request id when it could be recovered, so the error reply
+    can still be matched by the sender.
+    """
+    code: str
+    message: str
+    id: str = ""
+
+
+# --------------------------------------------------------------------------- ids
+
+_counter = itertools.count(1)
+_prefix = os.urandom(3).hex()
+
+
+def new_id() -> str:
+    """A request id unique in this process and unlikely to repeat across restarts."""
+    return f"{_prefix}-{next(_counter)}"
+
+
+# ----------------------------------------------------------------------- helpers
+
+def _bytes(frame: Any) -> bytes:
+    if isinstance(frame, bytes):
+        return frame
+    buf = getattr(frame, "buffer", None)   # zmq.Frame
+    if buf is not None:
+        return bytes(buf)
+    return bytes(frame)
+
+
+def _text(frame: bytes) -> str:
+    return frame.decode("utf-8")
+
+
+def _json_default(obj: Any) -> Any:
+    tolist = getattr(obj, "tolist", None)   # numpy scalars and arrays
+    if tolist is not None:
+        return tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON; NaN is not JSON, so callers encode it (types.to_wire) first."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False, default=_json_default).encode("utf-8")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(data: bytes) -> Any:
+    return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+
+
+def _size(frames: Sequence[Any]) -> int:
+    total = 0
+    for f in frames:
+        n = getattr(f, "nbytes", None)
+        total += n if isinstance(n, int) else len(f)
+    return total
+
+
+# ---------------------------------------------------------------------- envelope
+
+def split_envelope(frames: Sequence[Any]) -> Tuple[List[bytes], List[Any]]:
+    """Split what a ROUTER socket received into (envelope, body).
+
+    The envelope is the identity frame, plus the empty delimiter that REQ
+    peers add.  Sending ``envelope + body`` on the ROUTER reaches the peer.
+    """
+    if not frames:
+        return [], []
+    envelope = [_bytes(frames[0])]
+    rest = list(frames[1:])
+    if rest and len(rest[0]) == 0:
+        envelope.append(b"")
+        rest = rest[1:]
+    return envelope, rest
+
+
+# ---------------------------------------------------------------------- requests
+
+def encode_request(req: Request) -> List[bytes]:
+    frames = [VERSION, req.id.encode("utf-8"), req.command.encode("utf-8"),
+              req.target.encode("utf-8"), dumps(req.payload)]
+    if req.raw is not None:
+        frames.append(req.raw)
+    return frames
+
+
+def request(command: str, target: str = "", payload: Any = None, *,
+            raw: Optional[bytes] = None, id: Optional[str] = None) -> Request:
+    return Request(id or new_id(), command, target, payload, raw)
+
+
+def decode_request(frames: Frames, commands: frozenset = frozenset(),
+                   max_size: int = DEFAULT_MAX_MESSAGE) -> Union[Request, Malformed]:
+    """Decode a request body (envelope already split off).
+
+    ``commands``, when given, is the set this server understands; anything else
+    is :data:`E_COMMAND`.  Never raises.
+    """
+    try:
+        return _decode_request(frames, commands, max_size)
+    except Exception as exc:  # noqa: BLE001 - the contract is "never raises"
+        return Malformed(E_INTERNAL, f"undecodable request: {type(exc).__name__}: {exc}")
+
+
+def _decode_request(frames: Frames, commands: frozenset, max_size: int) -> Union[Request, Malformed]:
+    if len(frames) not in (5, 6):
+        return Malformed(E_FRAMES, f"a request has 5 or 6 frames, got {len(frames)}")
+    if _size(frames) > max_size:
+        return Malformed(E_TOO_LARGE, f"message of {_size(frames)} bytes exceeds the limit of {max_size}")
+    fr = [_bytes(f) for f in frames[:5]]
+    rid = _recover_id(fr[1])
+    if fr[0] != VERSION:
+        return Malformed(E_VERSION, f"unsupported protocol version {fr[0][:16]!r}, "
+                                    f"this peer speaks {VERSION.decode()}", rid)
+    try:
+        rid_text, command, target = _text(fr[1]), _text(fr[2]), _text(fr[3])
+    except UnicodeDecodeError as exc:
+        return Malformed(E_ENCODING, f"id, command and target must be UTF-8: {exc}", rid)
+    if not rid_text or len(rid_text) > MAX_ID_LENGTH:
+        return Malformed(E_REQUEST, f"request id must have 1 to {MAX_ID_LENGTH} characters", rid)
+    if commands and command not in commands:
+        return Malformed(E_COMMAND, f"unknown command {command[:40]!r}; "
+                                    f"expected one of {', '.join(sorted(commands))}", rid)
+    try:
+        payload = loads(fr[4]) if fr[4] else None
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Malformed(E_JSON, f"payload is not JSON: {exc}", rid)
+    raw = _bytes(frames[5]) if len(frames) == 6 else None
+    return Request(rid_text, command, target, payload, raw)
+
+
+def _recover_id(frame: bytes) -> str:
+    """The request id if it is usable text, so an error can still be matched."""
+    try:
+        text = frame.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return text if 0 < len(text) <= MAX_ID_LENGTH else ""
+
+
+# ----------------------------------------------------------------------- replies
+
+def encode_reply(rep: Reply) -> List[bytes]:
+    frames = [VERSION, rep.id.encode("utf-8"), rep.status.encode("ascii"), dumps(rep.payload)]
+    if rep.raw is not None:
+        frames.append(rep.raw)
+    return frames
+
+
+def ok(rid: str, payload: Any = None, raw: Optional[bytes] = None) -> List[bytes]:
+    return encode_reply(Reply(rid, OK, payload, raw))
+
+
+def ack(rid: str) -> List[bytes]:
+    return [VERSION, rid.encode("utf-8"), b"ack", b"null"]
+
+
+def error(rid: str, code: str, message: str, type_name: str = "") -> List[bytes]:
+    return encode_reply(Reply(rid, ERROR, error_payload(code, message, type_name)))
+
+
+def error_payload(code: str, message: str, type_name: str = "") -> dict:
+    return {"code": code, "message": message, "type": type_name}
+
+
+def exception_payload(exc: BaseException, code: str) -> dict:
+    """The error payload for an exception: its type name and its own message, not a repr."""
+    message = str(exc) if str(exc) else type(exc).__name__
+    if isinstance(exc, KeyError) and exc.args:   # KeyError's str() is a repr
+        message = str(exc.args[0])
+    return error_payload(code, message, type(exc).__name__)
+
+
+def malformed_reply(m: Malformed) -> List[bytes]:
+    return error(m.id, m.code, m.message, "ProtocolError")
+
+
+def decode_reply(frames: Frames, max_size: int = DEFAULT_MAX_MESSAGE) -> Union[Reply, Malformed]:
+    """Decode a reply (as a DEALER receives it).  Never raises."""
+    try:
+        return _decode_reply(frames, max_size)
+    except Exception as exc:  # noqa: BLE001
+        return Malformed(E_INTERNAL, f"undecodable reply: {type(exc).__name__}: {exc}")
+
+
+def _decode_reply(frames: Frames, max_size: int) -> Union[Reply, Malformed]:
+    if frames and len(frames[0]) == 0:          # tolerate a REP peer's delimiter
+        frames = frames[1:]
+    if len(frames) not in (4, 5):
+        return Malformed(E_FRAMES, f"a reply has 4 or 5 frames, got {len(frames)}")
+    if _size(frames) > max_size:
+        return Malformed(E_TOO_LARGE, f"reply of {_size(frames)} bytes exceeds the limit of {max_size}")
+    fr = [_bytes(f) for f in frames[:4]]
+    rid = _recover_id(fr[1])
+    if fr[0] != VERSION:
+        return Malformed(E_VERSION, f"unsupported protocol version {fr[0][:16]!r}", rid)
+    try:
+        status = _text(fr[2])
+    except UnicodeDecodeError:
+        return Malformed(E_ENCODING, "status is not UTF-8", rid)
+    if status not in STATUSES:
+        return Malformed(E_REQUEST, f"unknown reply status {status[:20]!r}", rid)
+    try:
+        payload = loads(fr[3]) if fr[3] else None
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Malformed(E_JSON, f"payload is not JSON: {exc}", rid)
+    if status == ERROR and not _is_error_payload(payload):
+        return Malformed(E_REQUEST, "an error reply needs a payload with code and message", rid)
+    raw = _bytes(frames[4]) if len(frames) == 5 else None
+    return Reply(rid, status, payload, raw)
+
+
+def _is_error_payload(p: Any) -> bool:
+    return isinstance(p, dict) and isinstance(p.get("code"), str) and isinstance(p.get("message"), str)
+
+
+# -------------------------------------------------------------------- broadcasts
+
+TOPIC_SEP = b"\x00"
+
+
+def topic(service: str, keyword: str = "") -> bytes:
+    """The subscription topic of a keyword (or, with no keyword, the heartbeat).
+
+    ``service NUL KEYWORD NUL``: the terminating NUL makes prefix filtering
+    exact, so subscribing to ``FOO`` never delivers ``FOO2``.
+    """
+    return service.encode("utf-8") + TOPIC_SEP + keyword.upper().encode("utf-8") + TOPIC_SEP
+
+
+def service_prefix(service: str) -> bytes:
+    """Subscribe to this to receive every broadcast of a service (heartbeats included)."""
+    return service.encode("utf-8") + TOPIC_SEP
+
+
+def encode_broadcast(b: Broadcast) -> List[bytes]:
+    frames = [topic(b.service, b.keyword), VERSION, dumps(b.payload)]
+    if b.raw is not None:
+        frames.append(b.raw)
+    return frames
+
+
+def decode_broadcast(frames: Frames, max_size: int = DEFAULT_MAX_MESSAGE) -> Union[Broadcast, Malformed]:
+    """Decode what a SUB socket received.  Never raises."""
+    try:
+        if len(frames) not in (3, 4):
+            return Malformed(E_FRAMES, f"a broadcast has 3 or 4 frames, got {len(frames)}")
+        if _size(frames) > max_size:
+            return Malformed(E_TOO_LARGE, "broadcast exceeds the size limit")
+        fr = [_bytes(f) for f in frames[:3]]
+        parts = fr[0].split(TOPIC_SEP)
+        if len(parts) != 3 or parts[2] != b"":
+            return Malformed(E_REQUEST, "malformed topic")
+        if fr[1] != VERSION:
+            return Malformed(E_VERSION, f"unsupported protocol version {fr[1][:16]!r}")
+        service, keyword = _text(parts[0]), _text(parts[1])
+        payload = loads(fr[2]) if fr[2] else None
+        raw = _bytes(frames[3]) if len(frames) == 4 else None
+        return Broadcast(service, keyword, payload, raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Malformed(E_JSON, f"undecodable broadcast: {exc}")
+    except Exception as exc:  # noqa: BLE001
+        return Malformed(E_INTERNAL, f"undecodable broadcast: {type(exc).__name__}: {exc}")
+
+
+# -------------------------------------------------------------- field validation
+
+class BadRequest(ValueError):
+    """A payload field is missing or of the wrong type (becomes E_REQUEST)."""
+
+
+def field_of(payload: Any, name: str, kind: Union[type, Tuple[type, ...]], *,
+             required: bool = True, default: Any = None) -> Any:
+    """Fetch and type-check one payload field; raises :class:`BadRequest`."""
+    if not isinstance(payload, dict):
+        raise BadRequest(f"payload must be a JSON object, got {type(payload).__name__}")
+    if name not in payload or payload[name] is None:
+        if required:
+            raise BadRequest(f"payload field {name!r} is required")
+        return default
+    value = payload[name]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise BadRequest(f"payload field {name!r} must be {_kind_name(kind)}, got a boolean")
+    if not isinstance(value, kind):
+        raise BadRequest(f"payload field {name!r} must be {_kind_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _kind_name(kind: Union[type, Tuple[type, ...]]) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(k.__name__ for k in kind)
+    return kind.__name__
+
+
+def finite(x: float) -> bool:
+    return not (math.isnan(x) or math.isinf(x))
