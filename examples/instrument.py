@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""An example instrument dispatcher: a filter wheel and a heater.
+
+The wheel takes a few seconds to move and refuses a new position while it is
+moving; the heater has a set point with a range and a temperature, polled every
+half second, that approaches it.  Run it with a router up (or let it spawn
+one)::
+
+    python examples/instrument.py [-c CONFIG] [--service NAME] [--speed SECONDS]
+
+and talk to it with ``cauldron-zmq show -s demo FILTER TEMP``.
+"""
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from typing import Optional
+
+from cauldron_zmq import DFW
+
+FILTERS = ["Clear", "V", "R", "I", "Halpha"]
+
+
+class FilterWheel(DFW.Enumerated):
+    """Moving takes ``seconds_per_slot`` per slot; a write while moving is refused."""
+
+    seconds_per_slot = 0.5
+
+    def __init__(self, name: str, service: DFW.Service, **kw) -> None:
+        super().__init__(name, service, enumerators=FILTERS, initial="Clear",
+                         description="Filter in the beam", **kw)
+        self._moving = threading.Event()
+
+    def check(self, value) -> None:
+        if self._moving.is_set():
+            target = self.service["TARGET"].ascii
+            raise RuntimeError(f"the filter wheel is moving to {target}; try again when it stops")
+
+    def write(self, value) -> None:
+        moving, target = self.service["MOVING"], self.service["TARGET"]
+        slots = abs(int(value) - int(self.value or 0))
+        self._moving.set()
+        try:
+            target.set(value)
+            moving.set(True)
+            # A real wheel would be commanded here and polled until it arrives.
+            deadline = time.monotonic() + slots * self.seconds_per_slot
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            moving.set(False)
+            self._moving.clear()
+
+
+class Temperature(DFW.Double):
+    """Read from the 'hardware' every period: approaches the set point."""
+
+    def read(self) -> Optional[float]:
+        service = self.service
+        current = self.value if self.value is not None else 20.0
+        if not service["HEATER"].value:
+            goal = 20.0
+        else:
+            goal = service["SETPOINT"].value
+        return round(current + (goal - current) * 0.3, 3)
+
+
+def setup(service: DFW.Service) -> None:
+    """Create the keywords; DFW calls this before begin()."""
+    DFW.Enumerated("TARGET", service, enumerators=FILTERS, initial="Clear", readonly=True,
+                   description="Where the filter wheel is going")
+    DFW.Boolean("MOVING", service, initial=False, readonly=True, description="The wheel is moving")
+    FilterWheel("FILTER", service)
+    DFW.Boolean("HEATER", service, initial=True, description="Heater power")
+    DFW.Double("SETPOINT", service, initial=20.0, minimum=-20.0, maximum=40.0, units="degC",
+               description="Heater set point")
+    Temperature("TEMP", service, initial=20.0, period=0.5, readonly=True, units="degC",
+                description="Measured temperature")
+    DFW.String("OBSERVER", service, initial="nobody", persist=True, description="Who is observing")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", help="configuration file (TOML)")
+    parser.add_argument("--service", default="demo", help="service name (default: demo)")
+    parser.add_argument("--speed", type=float, default=FilterWheel.seconds_per_slot,
+                        help="seconds per filter slot")
+    args = parser.parse_args(argv)
+    FilterWheel.seconds_per_slot = args.speed
+    service = DFW.Service(args.service, config=args.config, setup=setup)
+    service.serve_forever()  # begin(), then serve until SIGINT/SIGTERM
+
+
+if __name__ == "__main__":
+    main()
