@@ -224,10 +224,10 @@ def decode_request(frames: Frames, commands: frozenset = frozenset(),
 def _decode_request(frames: Frames, commands: frozenset, max_size: int) -> Union[Request, Malformed]:
     if len(frames) not in (5, 6):
         return Malformed(E_FRAMES, f"a request has 5 or 6 frames, got {len(frames)}")
-    if _size(frames) > max_size:
-        return Malformed(E_TOO_LARGE, f"message of {_size(frames)} bytes exceeds the limit of {max_size}")
     fr = [_bytes(f) for f in frames[:5]]
     rid = _recover_id(fr[1])
+    if _size(frames) > max_size:
+        return Malformed(E_TOO_LARGE, f"message of {_size(frames)} bytes exceeds the limit of {max_size}", rid)
     if fr[0] != VERSION:
         return Malformed(E_VERSION, f"unsupported protocol version {fr[0][:16]!r}, "
                                     f"this peer speaks {VERSION.decode()}", rid)
