@@ -1,0 +1,53 @@
+"""``cauldron-zmq serve``: run a keyword service defined by a TOML file.
+
+A simulator for testing clients and GUIs without hardware: every keyword of
+the file is served with its initial value, writes are accepted within the
+declared type and range, and persisted keywords survive a restart.  Runs in
+the foreground; SIGTERM or ^C shut it down cleanly (unregistered, exit 0).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+import click
+
+from ..errors import CauldronError
+
+__all__ = ["serve"]
+
+
+@click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("service")
+@click.argument("keywords", metavar="KEYWORDS.toml")
+@click.option("-c", "--config", "config_path", metavar="CONFIG", default=None,
+              help="Configuration file (TOML); default $CAULDRON_ZMQ_CONFIG, else built-in.")
+@click.option("--dispatcher", default=None, metavar="NAME",
+              help="Dispatcher name, when several dispatchers serve one service "
+                   "(default: 'default').")
+@click.option("-v", "--verbose", count=True, help="-v: info, -vv: debug logging.")
+def serve(service: str, keywords: str, config_path: Optional[str],
+          dispatcher: Optional[str], verbose: int) -> None:
+    """Serve SERVICE with the keywords declared in KEYWORDS.toml until ^C or SIGTERM."""
+    from ..cli import setup_logging
+    from ..dispatcher import Service
+
+    setup_logging(verbose)
+    try:
+        svc = Service(service, config=config_path, dispatcher=dispatcher, keywords=keywords)
+        svc.serve_forever(ready=_announce)
+    except (CauldronError, OSError, ValueError) as exc:
+        click.echo(f"cauldron-zmq serve: error: {_one_line(exc)}", err=True)
+        sys.exit(1)
+
+
+def _announce(svc: Any) -> None:
+    """One line on stderr saying where the service listens (shown even without -v)."""
+    address = svc.address or {}
+    click.echo(f"serving {svc.name} (dispatcher {svc.dispatcher}, {len(svc)} keywords): "
+               f"requests {address.get('dispatch')}, broadcasts {address.get('broadcast')}; "
+               f"^C or SIGTERM to stop", err=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,1138 @@
+"""The dispatcher: a keyword service that instrument code embeds (DFW's ``Service``).
+
+Threads, and why there are several (one socket belongs to one thread):
+
+* the **I/O thread** owns the ROUTER (requests) and the PUB (broadcasts).  It
+  answers requests that run no instrument code itself (the fast path), and
+  sends every reply and broadcast that other threads hand it through a
+  ``queue.SimpleQueue`` plus one byte on a wake-up pipe;
+* **workers** (:class:`~cauldron_zmq.workers.KeyedExecutor`) run user hooks,
+  one FIFO queue per keyword, so a 30-second ``write`` only holds up writes
+  to that keyword;
+* the **scheduler** hands periodic and scheduled updates to those queues;
+* the **registrar** owns a router client: heartbeats, re-registration after a
+  router restart, and the final ``unregister``;
+* the **persister** saves persisted values off every other thread.
+
+``docs/dispatcher.rst`` describes the behaviour; ``docs/protocol.rst`` the wire.
+"""
+from __future__ import annotations
+
+import atexit
+import difflib
+import errno
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+
+import zmq
+
+from . import __version__, protocol
+from .config import Config, endpoint, load_config
+from .errors import CauldronError, NoWriteNecessary, RouterError, TimeoutError
+from .keywords import Keyword, Snapshot
+from .persist import Persister, persist_path
+from .workers import KeyedExecutor, Scheduler
+
+__all__ = ["Service", "DEFAULT_DISPATCHER", "BindError"]
+
+DEFAULT_DISPATCHER = "default"
+MAX_BIND_ATTEMPTS = 5          # re-registrations with "avoid" before giving up
+SPAWN_WAIT = 10.0              # seconds a spawned router has to answer
+SHUTDOWN_GRACE = 5.0           # seconds shutdown() waits for running hooks
+LINGER_MS = 100                # lets final replies and broadcasts leave on close
+BATCH = 256                    # requests handled between two looks at the queues
+MAX_WORKERS = 32
+WORKER_IDLE = 5.0
+
+_REPLY, _BROADCAST = 0, 1
+
+# Plain ints: pyzmq's enum flags cost an enum construction per frame and
+# operation, which shows in the fast path's latency.
+_NB = int(zmq.NOBLOCK)
+_NB_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+PathLike = Union[str, "os.PathLike[str]"]
+ConfigArg = Union[PathLike, Config, None]
+
+
+class BindError(CauldronError, OSError):
+    """A port could not be bound; ``port`` and ``errno`` say which and why."""
+
+    def __init__(self, port: int, address: str, exc: zmq.ZMQError) -> None:
+        super().__init__(exc.errno, f"cannot bind {address}: {exc.strerror}")
+        self.port = port
+        self.address = address
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+class _Box:
+    """A one-shot result handed between two threads."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: Optional[BaseException] = None
+
+    def finish(self, error: Optional[BaseException] = None) -> None:
+        self.error = error
+        self.done.set()
+
+
+# =============================================================================
+# The service
+# =============================================================================
+
+class Service:
+    """A keyword service: create it, add keywords, ``begin()``, ``shutdown()``.
+
+    ``config`` is a path, a :class:`~cauldron_zmq.config.Config` or None
+    (``$CAULDRON_ZMQ_CONFIG`` or defaults); it belongs to this object only.
+    ``setup(service)`` creates keywords in code; ``keywords`` names a TOML
+    keyword file (loaded first, so ``setup`` can attach hooks to its keywords).
+    ``dispatcher`` names this dispatcher when several serve one service
+    (default ``"default"``).  Unlike the original, constructing does not begin
+    serving: call :meth:`begin`, use ``with``, or :meth:`serve_forever`.
+    """
+
+    def __init__(self, name: str, config: ConfigArg = None,
+                 setup: Optional[Callable[["Service"], Any]] = None,
+                 dispatcher: Optional[str] = None,
+                 keywords: Optional[PathLike] = None) -> None:
+        self.name = _service_name(name)
+        self.config: Config = load_config(config)
+        self.dispatcher = _dispatcher_name(dispatcher)
+        self.log = logging.getLogger(f"cauldron_zmq.dispatcher.{self.name}")
+        self.status_keyword: Optional[Keyword] = None
+        self.started: Optional[float] = None
+        self._keywords: Dict[str, Keyword] = {}
+        self._keywords_lock = threading.Lock()
+        self._outgoing: "queue.SimpleQueue[Tuple[Any, ...]]" = queue.SimpleQueue()
+        self._lifecycle = threading.Lock()
+        self._state = "new"
+        self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        prefix = f"cauldron-{self.name}-{self.dispatcher}"
+        self._executor = KeyedExecutor(prefix, max_workers=MAX_WORKERS,
+                                       idle_timeout=WORKER_IDLE, log=self.log)
+        self._scheduler = Scheduler(prefix, self._executor, log=self.log)
+        self._context: Optional[zmq.Context] = None
+        self._io: Optional[_IOThread] = None
+        self._registrar: Optional[_Registrar] = None
+        self._persister: Optional[Persister] = None
+        self._restored: Dict[str, Any] = {}
+        self._own_router: Any = None
+        self._ports: Optional[Tuple[int, int]] = None
+        if keywords is not None:
+            from .keywordfile import load_keywords
+            load_keywords(self, keywords)
+        if setup is not None:
+            setup(self)
+
+    # ------------------------------------------------------- DFW container
+
+    def __getitem__(self, name: str) -> Keyword:
+        key = name.upper() if isinstance(name, str) else name
+        try:
+            return self._keywords[key]
+        except KeyError:
+            raise KeyError(self._unknown(name)) from None
+
+    def __setitem__(self, name: str, keyword: Keyword) -> None:
+        if not isinstance(keyword, Keyword):
+            raise TypeError(f"{self.name}: only Keyword objects can be stored, got {keyword!r}")
+        if name.upper() != keyword.name:
+            raise ValueError(f"{self.name}: keyword {keyword.name} stored under {name!r}")
+        if self._keywords.get(keyword.name) is not keyword:
+            self._attach(keyword)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.upper() in self._keywords
+
+    def __iter__(self) -> Iterator[Keyword]:
+        return iter([self._keywords[name] for name in self.keywords()])
+
+    def __len__(self) -> int:
+        return len(self._keywords)
+
+    def __repr__(self) -> str:
+        return f"<Service {self.name}/{self.dispatcher} {self._state}, {len(self)} keywords>"
+
+    def keywords(self) -> List[str]:
+        """Sorted keyword names."""
+        return sorted(self._keywords)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def _unknown(self, name: Any) -> str:
+        close = difflib.get_close_matches(str(name).upper(), list(self._keywords), n=3,
+                                          cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return f"service {self.name!r} (dispatcher {self.dispatcher!r}) has no keyword {name!r}{hint}"
+
+    def _attach(self, keyword: Keyword) -> None:
+        """Called by Keyword.__init__; a duplicate name is a ValueError."""
+        with self._keywords_lock:
+            if keyword.name in self._keywords:
+                raise ValueError(f"keyword named {keyword.name} already exists in service "
+                                 f"{self.name!r}")
+            self._keywords[keyword.name] = keyword
+        if self._state == "running":
+            self._apply_initial([keyword])
+            if self._registrar is not None:
+                self._registrar.request_registration()
+
+    def setStatusKeyword(self, keyword: Union[Keyword, str, None]) -> bool:  # noqa: N802 - DFW
+        """Record the service's status keyword; False if it is unchanged."""
+        if isinstance(keyword, str):
+            keyword = self[keyword]
+        if keyword is self.status_keyword:
+            return False
+        self.status_keyword = keyword
+        return True
+
+    def broadcast(self) -> None:
+        """Re-broadcast every keyword that has a value (same seq, new gseq)."""
+        for keyword in self:
+            with keyword._lock:
+                snap = keyword._snap
+                if snap.seq:
+                    self._outgoing.put((_BROADCAST, keyword, snap))
+        self._wake()
+
+    @property
+    def address(self) -> Optional[Dict[str, Any]]:
+        """Where this dispatcher listens (None before begin)."""
+        if self._ports is None:
+            return None
+        zcfg = self.config.zmq
+        dport, bport = self._ports
+        return {"host": _advertised_host(zcfg.host), "protocol": zcfg.protocol,
+                "dispatch_port": dport, "broadcast_port": bport,
+                "dispatch": endpoint(zcfg.protocol, zcfg.host, dport, bind=False),
+                "broadcast": endpoint(zcfg.protocol, zcfg.host, bport, bind=False)}
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    # ---------------------------------------------- called by Keyword.set()
+
+    def _publish(self, keyword: Keyword, snap: Snapshot) -> None:
+        """Queue a broadcast (called with the keyword's lock held, so seq order holds)."""
+        if self._state in ("stopped",):
+            return
+        self._outgoing.put((_BROADCAST, keyword, snap))
+        self._wake()
+
+    def _changed(self, keyword: Keyword, snap: Snapshot) -> None:
+        persister = self._persister
+        if keyword.persist and persister is not None:
+            persister.note(keyword.name, _persistable(keyword, snap))
+
+    def _send_reply(self, frames: List[Any], copy: bool = True) -> None:
+        """Hand a reply (envelope included) to the I/O thread."""
+        self._outgoing.put((_REPLY, frames, copy))
+        self._wake()
+
+    def _wake(self) -> None:
+        io = self._io
+        if io is not None:
+            io.wake()
+
+    # ----------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> "Service":
+        return self.begin()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.shutdown()
+
+    def begin(self) -> "Service":
+        """Set initial values and start serving; registers with the router.
+
+        Raises RouterError (``conflict``: a keyword owned by another
+        dispatcher), TimeoutError (no router and no spawning allowed) or
+        BindError.  A failed begin() leaves nothing running and may be retried.
+        """
+        with self._lifecycle:
+            if self._state == "running":
+                return self
+            if self._state != "new":
+                raise CauldronError(f"service {self.name!r} was shut down; create a new Service")
+            try:
+                self._begin()
+            except BaseException:
+                self._teardown(final=False)
+                raise
+            self._state = "running"
+        _track(self)
+        address = self.address or {}
+        self.log.info("serving %s/%s: requests on %s, broadcasts on %s, %d keywords",
+                      self.name, self.dispatcher, address.get("dispatch"),
+                      address.get("broadcast"), len(self))
+        return self
+
+    def _begin(self) -> None:
+        self.started = time.time()
+        self._context = zmq.Context()
+        if any(kw.persist for kw in self._keywords.values()):
+            path = persist_path(self.config.zmq.persist_dir, self.name, self.dispatcher)
+            self._persister = Persister(path, self.log)
+            self._restored = self._persister.load()
+        self._apply_initial(list(self))
+        self._io = _IOThread(self)
+        self._io.start()
+        if self.config.router.enable:
+            self._register_and_bind()
+            self._registrar = _Registrar(self)
+            self._registrar.start()
+        else:
+            zcfg = self.config.zmq
+            self._io.bind((zcfg.dispatch_port, zcfg.broadcast_port))
+        if self._persister is not None:
+            self._persister.start(f"cauldron-{self.name}-{self.dispatcher}-persist")
+        self._scheduler.start()
+
+    def _apply_initial(self, keywords: Sequence[Keyword]) -> None:
+        """Restored value, else ``initial``, for keywords that have no value yet."""
+        for kw in keywords:
+            if kw.seq == 0 and kw.persist and kw.name in self._restored:
+                try:
+                    kw.set(kw.type.from_wire(self._restored[kw.name]))
+                except Exception as exc:  # noqa: BLE001
+                    self.log.warning("%s: persisted value %r refused (%s); using the initial "
+                                     "value", kw.full_name, self._restored[kw.name], exc)
+            if kw.seq == 0 and kw.initial is not None:
+                try:
+                    kw.set(kw.initial)
+                except Exception as exc:  # noqa: BLE001 - DFW logs a bad initial value
+                    self.log.error("%s: bad initial value %r: %s", kw.full_name, kw.initial, exc)
+            if kw.persist and kw.seq and self._persister is not None:
+                self._persister.note(kw.name, _persistable(kw, kw._snap))
+
+    def shutdown(self) -> None:
+        """Stop serving: unregister, join threads, close sockets.  Idempotent.
+
+        Hooks still running after SHUTDOWN_GRACE seconds are abandoned (their
+        daemon threads finish on their own; their replies are dropped).
+        """
+        with self._lifecycle:
+            state = self._state
+            if state == "new":
+                self._state = "stopped"
+            elif state == "running":
+                self._state = "stopping"
+        if state != "running":
+            if state == "stopping":      # another thread is shutting down: wait for it
+                self._stopped.wait(SHUTDOWN_GRACE + 30)
+            return
+        self._stop_requested.set()
+        try:
+            self._teardown(final=True)
+        finally:
+            self._state = "stopped"
+            self._stopped.set()
+            _untrack(self)
+            self.log.info("%s/%s stopped", self.name, self.dispatcher)
+
+    def _teardown(self, final: bool) -> None:
+        """Release everything begin() acquired (also after a failed begin)."""
+        self._scheduler.stop()
+        if final:
+            stuck = self._executor.close(SHUTDOWN_GRACE)
+            if stuck:
+                self.log.warning("%d hook(s) still running after %.0f s; abandoning them",
+                                 len(stuck), SHUTDOWN_GRACE)
+        if self._registrar is not None:
+            self._registrar.stop()
+            self._registrar = None
+        io, self._io = self._io, None
+        io_stopped = True
+        if io is not None:
+            io_stopped = io.stop()
+        if self._persister is not None:
+            self._persister.close()
+            if not final:
+                self._persister = None
+        if self._own_router is not None:
+            router, self._own_router = self._own_router, None
+            router.stop()
+        if self._context is not None:
+            context, self._context = self._context, None
+            if io_stopped:
+                context.term()
+            else:
+                context.destroy(linger=0)
+        self._ports = None
+
+    def serve_forever(self, ready: Optional[Callable[["Service"], Any]] = None) -> None:
+        """Begin (if needed) and serve until SIGTERM/SIGINT or shutdown(); then shut down.
+
+        In the main thread SIGTERM and SIGINT handlers are installed for the
+        duration (and the previous ones restored).  ``ready(service)`` is
+        called once serving.  Returns after a clean shutdown.
+        """
+        previous: Dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            def on_signal(signum: int, _frame: Any) -> None:
+                self.log.info("%s received; shutting down", signal.Signals(signum).name)
+                self._stop_requested.set()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        try:
+            self.begin()
+            if ready is not None:
+                ready(self)
+            while not self._stop_requested.wait(0.5):
+                pass
+        finally:
+            try:
+                self.shutdown()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    run = serve_forever
+
+    # -------------------------------------------------------- registration
+
+    def _registration_payload(self, prefer: Optional[Tuple[int, int]] = None,
+                              avoid: Sequence[int] = ()) -> Dict[str, Any]:
+        payload: Dict[str, Any] = {"dispatcher": self.dispatcher,
+                                   "host": _advertised_host(self.config.zmq.host),
+                                   "keywords": self.keywords(), "pid": os.getpid()}
+        if prefer is not None:
+            payload["prefer"] = list(prefer)
+        if avoid:
+            payload["avoid"] = sorted(avoid)
+        return payload
+
+    def _register(self, client: Any, prefer: Optional[Tuple[int, int]] = None,
+                  avoid: Sequence[int] = ()) -> Tuple[int, int]:
+        result = client.request("register", self.name, self._registration_payload(prefer, avoid))
+        return int(result["dispatch_port"]), int(result["broadcast_port"])
+
+    def _register_and_bind(self) -> None:
+        """First registration (spawning a router if none answers), then bind."""
+        from .router import RouterClient
+        assert self._context is not None
+        client = RouterClient(self.config, context=self._context)
+        try:
+            ports = self._first_registration(client)
+            self._bind_registered(client, ports)
+        finally:
+            client.close()
+
+    def _first_registration(self, client: Any) -> Tuple[int, int]:
+        try:
+            return self._register(client)
+        except TimeoutError:
+            pass
+        address = self.config.router_address()
+        if not self.config.router.allow_spawn:
+            raise TimeoutError(
+                f"{self.name}: no router answered at {address} within "
+                f"{self.config.router.timeout} ms, and [zmq-router] allow-spawn is false; "
+                f"start one with 'Cauldron-router-zmq' or set allow-spawn = true")
+        self.log.warning("no router answered at %s; starting one (%s mode)", address,
+                         self.config.router.process)
+        cleanup = self._spawn_router()
+        try:
+            return self._register_spawned(client, address)
+        finally:
+            cleanup()
+
+    def _register_spawned(self, client: Any, address: str) -> Tuple[int, int]:
+        """Register with the router we (or a concurrent dispatcher) just started."""
+        deadline = time.monotonic() + SPAWN_WAIT
+        while True:
+            try:
+                return self._register(client)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name}: started a router at {address}, but it "
+                                       f"did not answer within {SPAWN_WAIT:.0f} s") from None
+
+    def _spawn_router(self) -> Callable[[], None]:
+        """Start a router as configured; returns what to clean up after registering.
+
+        A router that cannot bind because another one appeared meanwhile is
+        not an error: registration is simply retried with whoever answers.
+        """
+        if self.config.router.process == "process":
+            return _spawn_router_process(self.config, self.log)
+        from .router import Router, RouterStartError
+        router = Router(self.config)
+        try:
+            router.start()
+        except RouterStartError as exc:
+            self.log.info("did not start a router (%s); another one may have appeared", exc)
+            return lambda: None
+        self._own_router = router
+        return lambda: None
+
+    def _bind_registered(self, client: Any, ports: Tuple[int, int]) -> None:
+        """Bind the pair; when a foreign process holds a port, ask for another pair."""
+        assert self._io is not None
+        avoid: Set[int] = set()
+        for _attempt in range(MAX_BIND_ATTEMPTS):
+            try:
+                self._io.bind(ports)
+                return
+            except BindError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                self.log.warning("port %d is held by another process; asking the router for "
+                                 "another pair", exc.port)
+                avoid.add(exc.port)
+                ports = self._register(client, avoid=sorted(avoid))
+        raise BindError(ports[0], f"{self.name}/{self.dispatcher}", zmq.ZMQError(
+            errno.EADDRINUSE, f"no bindable port pair after {MAX_BIND_ATTEMPTS} attempts; "
+            f"ports held by other processes: {sorted(avoid)}"))
+
+    def _reregister(self, client: Any) -> None:
+        """After the router lost us: register again preferring the pair we hold."""
+        ports = self._register(client, prefer=self._ports)
+        if ports != self._ports:
+            self.log.warning("the router gave a new pair %d/%d; moving there", *ports)
+        self._bind_registered(client, ports)
+
+
+# =============================================================================
+# The I/O thread
+# =============================================================================
+
+class _IOThread:
+    """Owns the ROUTER and PUB sockets; nothing else touches them.
+
+    Other threads talk to it through ``service._outgoing`` (replies and
+    broadcasts) and ``self._control`` (bind, stop), each followed by one
+    byte on a non-blocking pipe that the poller watches.
+    """
+
+    def __init__(self, service: Service) -> None:
+        self.svc = service
+        self.log = service.log
+        self.config = service.config
+        self._control: "queue.SimpleQueue[Tuple[str, Any, _Box]]" = queue.SimpleQueue()
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self._pipe_lock = threading.Lock()
+        self._pipe_open = True
+        self._router: Optional[zmq.Socket] = None
+        self._pub: Optional[zmq.Socket] = None
+        self._poller = zmq.Poller()
+        self._gseq = 0
+        self._next_heartbeat: Optional[float] = None
+        self._ident: Optional[int] = None
+        self._thread = threading.Thread(
+            target=self._run, daemon=True, name=f"cauldron-{service.name}-{service.dispatcher}-io")
+        self._max_size = self.config.zmq.max_message_size
+        self._handlers: Dict[str, Callable[[protocol.Request, List[bytes]], Optional[List[Any]]]] = {
+            "read": self._on_read, "write": self._on_write, "list": self._on_list,
+            "describe": self._on_describe, "identify": self._on_identify, "ping": self._on_ping,
+        }
+
+    # ---------------------------------------------------- other threads' API
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """One byte on the pipe; never blocks (a full pipe already means 'wake up')."""
+        if threading.get_ident() == self._ident:
+            return
+        with self._pipe_lock:
+            if self._pipe_open:
+                try:
+                    os.write(self._wfd, b"\0")
+                except BlockingIOError:
+                    pass
+
+    def _call(self, command: str, argument: Any, timeout: float = 30.0) -> None:
+        box = _Box()
+        self._control.put((command, argument, box))
+        self.wake()
+        if not box.done.wait(timeout):
+            raise CauldronError(f"the I/O thread did not answer {command!r} within {timeout} s")
+        if box.error is not None:
+            raise box.error
+
+    def bind(self, ports: Tuple[int, int]) -> None:
+        """Bind (or move to) a port pair; raises BindError."""
+        self._call("bind", ports)
+        self.svc._ports = ports
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Flush, close the sockets and end the thread; False if it did not end."""
+        if self._thread.is_alive():
+            try:
+                self._call("stop", None, timeout)
+            except CauldronError:
+                self.log.error("the I/O thread did not stop")
+            self._thread.join(timeout)
+        stopped = not self._thread.is_alive()
+        with self._pipe_lock:
+            if self._pipe_open and stopped:
+                self._pipe_open = False
+                os.close(self._rfd)
+                os.close(self._wfd)
+        return stopped
+
+    # ------------------------------------------------------------- the loop
+
+    def _run(self) -> None:
+        self._ident = threading.get_ident()
+        self._poller.register(self._rfd, zmq.POLLIN)
+        try:
+            while True:
+                events = dict(self._poller.poll(self._poll_timeout()))
+                if self._router is not None and self._router in events:
+                    self._serve_requests()
+                if self._rfd in events:
+                    self._drain_pipe()
+                stop = self._run_control()
+                if self._pub is not None:
+                    self._flush()
+                if stop:
+                    return
+                self._maybe_heartbeat()
+        except Exception:  # noqa: BLE001 - log it; the service can only be shut down now
+            self.log.exception("the I/O thread failed; requests are no longer served")
+        finally:
+            self._close_sockets()
+
+    def _poll_timeout(self) -> Optional[int]:
+        if self._next_heartbeat is None:
+            return None
+        return max(0, int((self._next_heartbeat - time.monotonic()) * 1000) + 1)
+
+    def _drain_pipe(self) -> None:
+        try:
+            while os.read(self._rfd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _run_control(self) -> bool:
+        """Bind/stop requests; True when asked to stop."""
+        while True:
+            try:
+                command, argument, box = self._control.get_nowait()
+            except queue.Empty:
+                return False
+            if command == "stop":
+                if self._pub is not None:
+                    self._flush()
+                self._close_sockets()
+                box.finish()
+                return True
+            try:
+                self._bind(argument)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box.finish(exc)
+            else:
+                box.finish()
+
+    # --------------------------------------------------------------- sockets
+
+    def _bind(self, ports: Tuple[int, int]) -> None:
+        if self.svc._ports == ports and self._router is not None:
+            return
+        self._close_sockets()
+        ctx = self.svc._context
+        assert ctx is not None
+        router = self._open(ctx, zmq.ROUTER, ports[0])
+        try:
+            pub = self._open(ctx, zmq.PUB, ports[1])
+        except BaseException:
+            router.close(linger=0)
+            raise
+        self._router, self._pub = router, pub
+        self._poller.register(router, zmq.POLLIN)
+        self._next_heartbeat = time.monotonic()      # first heartbeat right after the initial values
+        self.log.debug("bound %s and %s", router.last_endpoint, pub.last_endpoint)
+
+    def _open(self, ctx: zmq.Context, kind: int, port: int) -> zmq.Socket:
+        zcfg = self.config.zmq
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, LINGER_MS)
+        sock.setsockopt(zmq.SNDHWM, zcfg.hwm)
+        if kind == zmq.ROUTER:
+            sock.setsockopt(zmq.MAXMSGSIZE, zcfg.max_message_size)
+            sock.setsockopt(zmq.RCVHWM, zcfg.hwm)
+        address = endpoint(zcfg.protocol, zcfg.host, port, bind=True)
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise BindError(port, address, exc) from None
+        return sock
+
+    def _close_sockets(self) -> None:
+        if self._router is not None:
+            self._poller.unregister(self._router)
+            self._router.close(linger=LINGER_MS)
+            self._router = None
+        if self._pub is not None:
+            self._pub.close(linger=LINGER_MS)
+            self._pub = None
+        self._next_heartbeat = None
+
+    # ------------------------------------------------------------ outgoing
+
+    def _flush(self) -> None:
+        """Send every queued reply and broadcast, in order."""
+        outgoing = self.svc._outgoing
+        while not outgoing.empty():          # one consumer: not empty means get() won't block
+            item = outgoing.get_nowait()
+            if item[0] == _REPLY:
+                self._send(item[1], item[2])
+            else:
+                self._publish(item[1], item[2])
+
+    def _send(self, frames: List[Any], copy: bool = True) -> None:
+        if self._router is None:
+            return
+        try:
+            _send_frames(self._router, frames, copy)
+        except zmq.ZMQError as exc:      # the peer's queue is full: it will time out
+            self.log.warning("reply not sent: %s", exc.strerror)
+
+    def _publish(self, keyword: Keyword, snap: Snapshot) -> None:
+        """One keyword broadcast; PUB drops rather than blocks when a subscriber is slow."""
+        assert self._pub is not None
+        self._gseq += 1
+        payload = keyword.value_payload(snap)
+        payload["gseq"] = self._gseq
+        payload["dispatcher"] = self.svc.dispatcher
+        frames = protocol.encode_broadcast(
+            protocol.Broadcast(self.svc.name, keyword.name, payload, snap.raw))
+        try:
+            _send_frames(self._pub, frames, snap.raw is None)
+        except zmq.ZMQError as exc:
+            self.log.warning("broadcast of %s not sent: %s", keyword.name, exc.strerror)
+
+    def _maybe_heartbeat(self) -> None:
+        if self._next_heartbeat is None or self._pub is None:
+            return
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        interval = self.config.zmq.heartbeat
+        self._next_heartbeat = now + interval
+        payload = {"dispatcher": self.svc.dispatcher, "time": time.time(), "interval": interval,
+                   "gseq": self._gseq, "pid": os.getpid(), "started": self.svc.started}
+        frames = protocol.encode_broadcast(protocol.Broadcast(self.svc.name, "", payload))
+        try:
+            _send_frames(self._pub, frames)
+        except zmq.ZMQError:
+            pass
+
+    # ------------------------------------------------------------- requests
+
+    def _serve_requests(self) -> None:
+        """Handle what is waiting (at most BATCH, so the queues are not starved)."""
+        router = self._router
+        assert router is not None
+        for _ in range(BATCH):
+            if not router.getsockopt(_EVENTS) & _POLLIN:
+                return
+            self._handle(_recv_frames(router))
+            if self._pub is not None:
+                self._flush()
+
+    def _handle(self, frames: List[bytes]) -> None:
+        if len(frames) < 2:
+            self.log.warning("dropped a message of %d frame(s): no identity and body", len(frames))
+            return
+        envelope, body = protocol.split_envelope(frames)
+        req = protocol.decode_request(body, protocol.DISPATCHER_COMMANDS, self._max_size)
+        if isinstance(req, protocol.Malformed):
+            self.log.warning("malformed request: %s [%s]", req.message, req.code)
+            self._send(envelope + protocol.malformed_reply(req))
+            return
+        try:
+            reply = self._handlers[req.command](req, envelope)
+        except _Refusal as exc:
+            reply = _error(req.id, exc.exc, exc.code)
+        except protocol.BadRequest as exc:
+            reply = _error(req.id, exc, protocol.E_REQUEST)
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the dispatcher
+            self.log.exception("internal error answering %s %r", req.command, req.target)
+            reply = protocol.error(req.id, protocol.E_INTERNAL, f"{type(exc).__name__}: {exc}",
+                                   type(exc).__name__)
+        if reply is not None:
+            self._send(envelope + reply, copy=len(reply) < 5)   # a raw frame goes uncopied
+
+    def _keyword(self, req: protocol.Request) -> Keyword:
+        if not req.target:
+            raise protocol.BadRequest(f"{req.command} needs a keyword name as its target")
+        kw = self.svc._keywords.get(req.target.upper())
+        if kw is None:
+            raise _Refusal(protocol.E_UNKNOWN_KEYWORD, KeyError(self.svc._unknown(req.target)))
+        return kw
+
+    def _value_reply(self, rid: str, kw: Keyword, extra: Optional[Dict[str, Any]] = None) -> List[Any]:
+        snap = kw._snap
+        payload = kw.value_payload(snap)
+        if extra:
+            payload.update(extra)
+        return protocol.ok(rid, payload, snap.raw)
+
+    def _defer(self, req: protocol.Request, envelope: List[bytes], kw: Keyword,
+               work: Callable[[], List[Any]]) -> None:
+        """Ack now; run ``work`` (which returns the reply) on the keyword's worker queue."""
+        svc = self.svc
+
+        def task() -> None:
+            try:
+                reply = work()
+            except Exception as exc:  # noqa: BLE001
+                svc.log.exception("internal error in %s %s", req.command, kw.name)
+                reply = protocol.error(req.id, protocol.E_INTERNAL,
+                                       f"{type(exc).__name__}: {exc}", type(exc).__name__)
+            svc._send_reply(envelope + reply, copy=len(reply) < 5)
+
+        def cancelled() -> None:
+            svc._send_reply(envelope + _shutting_down(req.id, svc))
+
+        try:
+            svc._executor.submit(kw.name, task, cancelled)
+        except RuntimeError:
+            self._send(envelope + _shutting_down(req.id, svc))
+            return
+        self._send(envelope + protocol.ack(req.id))
+
+    def _on_read(self, req: protocol.Request, envelope: List[bytes]) -> Optional[List[Any]]:
+        kw = self._keyword(req)
+        if kw.writeonly:
+            raise _Refusal(protocol.E_WRITE_ONLY, ValueError(f"{kw.full_name} is write-only"))
+        if kw.fast_read():
+            return self._value_reply(req.id, kw)
+
+        def work() -> List[Any]:
+            try:
+                kw.update()
+            except Exception as exc:  # noqa: BLE001 - the client gets type and message
+                return _error(req.id, exc, protocol.E_READ_FAILED)
+            return self._value_reply(req.id, kw)
+
+        self._defer(req, envelope, kw, work)
+        return None
+
+    def _on_write(self, req: protocol.Request, envelope: List[bytes]) -> Optional[List[Any]]:
+        kw = self._keyword(req)
+        if kw.readonly:
+            raise _Refusal(protocol.E_READ_ONLY, ValueError(f"{kw.full_name} is read-only"))
+        value = protocol.field_of(req.payload, "value", object)
+        if req.raw is not None or isinstance(value, dict):
+            try:
+                value = kw.type.from_wire(value, req.raw)
+            except ValueError as exc:
+                raise _Refusal(protocol.E_INVALID, exc) from None
+        if kw.fast_write():
+            try:
+                changed = kw._fast_modify(value)
+            except (ValueError, TypeError) as exc:
+                return _error(req.id, exc, protocol.E_INVALID)
+            return self._value_reply(req.id, kw, {"changed": changed})
+        self._defer(req, envelope, kw, lambda: _write(req.id, kw, value, self._value_reply))
+        return None
+
+    def _on_list(self, req: protocol.Request, envelope: List[bytes]) -> List[Any]:
+        return protocol.ok(req.id, {"service": self.svc.name, "dispatcher": self.svc.dispatcher,
+                                    "keywords": self.svc.keywords()})
+
+    def _on_describe(self, req: protocol.Request, envelope: List[bytes]) -> List[Any]:
+        if req.target:
+            return protocol.ok(req.id, self._keyword(req).describe())
+        return protocol.ok(req.id, {"keywords": {kw.name: kw.describe() for kw in self.svc}})
+
+    def _on_identify(self, req: protocol.Request, envelope: List[bytes]) -> List[Any]:
+        return protocol.ok(req.id, {
+            "service": self.svc.name, "dispatcher": self.svc.dispatcher, "version": __version__,
+            "protocol": protocol.VERSION.decode(), "keywords": len(self.svc),
+            "pid": os.getpid(), "started": self.svc.started})
+
+    def _on_ping(self, req: protocol.Request, envelope: List[bytes]) -> List[Any]:
+        return protocol.ok(req.id, {})
+
+
+def _send_frames(sock: zmq.Socket, frames: List[Any], copy: bool = True) -> None:
+    """send_multipart without blocking, with int flags (see _NB)."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, _NB_MORE if i < last else _NB, copy=copy)
+
+
+def _recv_frames(sock: zmq.Socket) -> List[bytes]:
+    """recv_multipart of a message known to be waiting, with int flags."""
+    frames = [sock.recv(_NB)]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(sock.recv(_NB))
+    return frames
+
+
+class _Refusal(Exception):
+    """A request refused with a protocol code; ``exc`` gives type and message."""
+
+    def __init__(self, code: str, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.code = code
+        self.exc = exc
+
+
+def _error(rid: str, exc: BaseException, code: str) -> List[bytes]:
+    """An error reply carrying the exception's type name and its own message."""
+    payload = protocol.exception_payload(exc, code)
+    return protocol.error(rid, payload["code"], payload["message"], payload["type"])
+
+
+def _shutting_down(rid: str, svc: Service) -> List[bytes]:
+    return protocol.error(rid, protocol.E_SHUTTING_DOWN,
+                          f"service {svc.name!r} is shutting down", "CauldronError")
+
+
+def _write(rid: str, kw: Keyword, value: Any,
+           value_reply: Callable[[str, Keyword, Dict[str, Any]], List[Any]]) -> List[Any]:
+    """The client write: refusals are invalid-value, hook failures write-failed."""
+    try:
+        value = kw._prepare_write(value)
+    except NoWriteNecessary:
+        return value_reply(rid, kw, {"changed": False})
+    except (ValueError, TypeError) as exc:
+        return _error(rid, exc, protocol.E_INVALID)
+    except Exception as exc:  # noqa: BLE001
+        return _error(rid, exc, protocol.E_WRITE_FAILED)
+    try:
+        changed = kw._apply_write(value)
+    except NoWriteNecessary:
+        changed = False
+    except Exception as exc:  # noqa: BLE001
+        return _error(rid, exc, protocol.E_WRITE_FAILED)
+    return value_reply(rid, kw, {"changed": changed})
+
+
+# =============================================================================
+# The registrar
+# =============================================================================
+
+class _Registrar:
+    """Heartbeats to the router from a thread that owns its own RouterClient.
+
+    ``not-found`` (the router restarted with an empty book, or expired us)
+    means: register again, preferring the pair we hold.  A router that does
+    not answer is logged once and tried again every heartbeat.  On stop it
+    unregisters, so look-ups stop returning this dispatcher.
+    """
+
+    def __init__(self, service: Service) -> None:
+        self.svc = service
+        self.log = service.log
+        self._wake = threading.Event()
+        self._stopping = False
+        self._reregister = False
+        self._thread = threading.Thread(
+            target=self._run, daemon=True,
+            name=f"cauldron-{service.name}-{service.dispatcher}-registrar")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request_registration(self) -> None:
+        """Register again soon (e.g. the keyword list changed)."""
+        self._reregister = True
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        from .router import RouterClient
+        svc = self.svc
+        assert svc._context is not None
+        client = RouterClient(svc.config, context=svc._context)
+        try:
+            self._beat_until_stopped(client)
+            try:
+                client.unregister(svc.name, svc.dispatcher)
+            except (TimeoutError, RouterError) as exc:
+                self.log.info("could not unregister from the router: %s", exc)
+        finally:
+            client.close()
+
+    def _beat_until_stopped(self, client: Any) -> None:
+        interval = self.svc.config.router.heartbeat
+        silent = False
+        last_error = ""
+        while True:
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                self._beat(client)
+            except TimeoutError as exc:
+                if not silent:
+                    self.log.warning("%s; still serving, will keep trying", exc)
+                    silent = True
+                continue
+            except Exception as exc:  # noqa: BLE001 - never let the registrar die
+                if str(exc) != last_error:
+                    self.log.error("registration with the router failed: %s", exc)
+                    last_error = str(exc)
+                continue
+            if silent:
+                self.log.warning("the router answers again")
+            silent, last_error = False, ""
+
+    def _beat(self, client: Any) -> None:
+        svc = self.svc
+        if self._reregister:
+            self._reregister = False
+            svc._reregister(client)
+            return
+        try:
+            client.heartbeat(svc.name, svc.dispatcher)
+        except RouterError as exc:
+            if exc.code != protocol.E_NOT_FOUND:
+                raise
+            self.log.warning("the router no longer knows %s/%s; registering again",
+                             svc.name, svc.dispatcher)
+            svc._reregister(client)
+
+
+# =============================================================================
+# Helpers
+# =============================================================================
+
+def _service_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a service name must be a non-empty string, got {name!r}")
+    text = name.strip().lower()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"service name {name!r} contains control characters")
+    return text
+
+
+def _dispatcher_name(name: Any) -> str:
+    if name is None:
+        return DEFAULT_DISPATCHER
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a dispatcher name must be a non-empty string, got {name!r}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or "/" in name:
+        raise ValueError(f"dispatcher name {name!r} contains control characters or '/'")
+    return name.strip()
+
+
+def _advertised_host(host: str) -> str:
+    """What clients should connect to: loopback for localhost, our name for wildcards."""
+    if host.lower() == "localhost":
+        return "127.0.0.1"
+    if host in ("*", "0.0.0.0", "::"):
+        return socket.getfqdn()
+    return host
+
+
+def _persistable(keyword: Keyword, snap: Snapshot) -> Any:
+    """The JSON form saved for a value (numpy arrays as lists, not raw frames)."""
+    if snap.raw is not None and hasattr(snap.value, "tolist"):
+        return keyword.type.to_wire(snap.value.tolist())[0]
+    return snap.wire
+
+
+_spawned: List[subprocess.Popen] = []
+
+
+def _spawn_router_process(config: Config, log: logging.Logger) -> Callable[[], None]:
+    """A detached ``python -m cauldron_zmq.router`` that outlives this process.
+
+    Its own session, so ^C in our terminal does not reach it; stderr goes to
+    a log file in the temporary directory.  Returns a clean-up for the copy of
+    the configuration it reads at start-up.
+    """
+    _reap()
+    fd, path = tempfile.mkstemp(prefix="cauldron_zmq-router-", suffix=".toml")
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        stream.write(config.to_toml())
+    logfile = os.path.join(tempfile.gettempdir(), f"cauldron_zmq-router-{config.router.port}.log")
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    with open(logfile, "ab") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "cauldron_zmq.router", "-c", path],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                env=env, start_new_session=True, close_fds=True)
+    _spawned.append(proc)
+    log.warning("started router process %d (log: %s); it outlives this dispatcher",
+                proc.pid, logfile)
+
+    def cleanup() -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return cleanup
+
+
+def _reap() -> None:
+    """Collect routers we spawned that have exited (no zombies, no ResourceWarning)."""
+    for proc in list(_spawned):
+        if proc.poll() is not None:
+            _spawned.remove(proc)
+
+
+# ---------------------------------------------------------- interpreter exit
+
+_running: "weakref.WeakSet[Service]" = weakref.WeakSet()
+_running_lock = threading.Lock()
+_atexit_installed = False
+
+
+def _track(service: Service) -> None:
+    """Shut running services down at interpreter exit; held weakly."""
+    global _atexit_installed
+    with _running_lock:
+        if not _atexit_installed:
+            atexit.register(_shutdown_all)
+            _atexit_installed = True
+        _running.add(service)
+
+
+def _untrack(service: Service) -> None:
+    with _running_lock:
+        _running.discard(service)
+
+
+def _shutdown_all() -> None:
+    with _running_lock:
+        services = list(_running)
+    for service in services:
+        try:
+            service.shutdown()
+        except Exception:  # noqa: BLE001 - at exit, do what we can
+            service.log.exception("error shutting down at exit")

@@ -1,0 +1,559 @@
+"""Dispatcher-side keywords: the DFW ``Keyword`` classes and their hooks.
+
+A keyword holds one value of one type (see :mod:`cauldron_zmq.types`) and the
+hooks that connect it to hardware.  The hook names and their order are DFW's:
+
+* a client write runs ``translate`` → conversion → ``prewrite`` (which
+  ``check``\\ s) → ``write`` → ``postwrite`` (default: ``set``);
+* a client read, or a periodic / scheduled update, runs ``update()``:
+  ``preread`` → ``read`` → ``postread`` (default: ``set``);
+* ``set()`` is how instrument code changes a value: ``translate`` →
+  conversion → (unchanged: stop) → ``check`` → store → broadcast → callbacks.
+
+Hooks are methods to override in a subclass, or callables given to the
+constructor (``write=stage.move``) that are called with the same arguments as
+the method they replace.
+
+Where the original fell short this module differs on purpose: values are
+typed natives rather than strings; timestamps are sub-second; callbacks are
+held strongly (a lambda works) and an exception in one is logged rather than
+undoing or aborting the ``set``; ``schedule`` is not truncated to seconds.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import threading
+import time
+from collections import deque
+from typing import (Any, Callable, Deque, Dict, List, NamedTuple, Optional, Sequence,
+                    Tuple, Type)
+
+from .errors import NoWriteNecessary
+from .types import KeywordType, keyword_type
+
+__all__ = [
+    "Keyword", "Basic", "Boolean", "Integer", "Double", "Float", "String",
+    "Enumerated", "Mask", "IntegerArray", "DoubleArray", "types",
+    "HOOKS", "Snapshot",
+]
+
+#: Hook names a constructor accepts as callables.
+HOOKS = ("check", "translate", "prewrite", "write", "postwrite",
+         "preread", "read", "postread", "update")
+_READ_HOOKS = ("preread", "read", "postread", "update")
+_WRITE_HOOKS = ("check", "translate", "prewrite", "write", "postwrite")
+
+#: Consecutive failures after which a periodic update is stopped.
+MAX_PERIODIC_FAILURES = 5
+HISTORY_LENGTH = 100
+
+Callback = Callable[["Keyword"], Any]
+
+
+class Snapshot(NamedTuple):
+    """A keyword's value and everything a reply or broadcast needs, taken atomically.
+
+    Replacing one attribute that holds a tuple is atomic in Python, so the
+    I/O thread reads a consistent value without taking the keyword's lock.
+    """
+    value: Any
+    ascii: str
+    wire: Any
+    raw: Any
+    time: Optional[float]
+    seq: int
+
+
+_EMPTY = Snapshot(None, "", None, None, None, 0)
+
+
+class Keyword:
+    """A generic (string) keyword; the base class of every typed keyword.
+
+    Creating one attaches it to ``service`` under its upper-cased name; a
+    duplicate name is a ValueError.  ``initial`` is applied by
+    ``service.begin()`` (unless a persisted value was restored), ``period``
+    starts periodic updates.
+    """
+
+    KTL_TYPE = "string"          # a cauldron_zmq.types type name
+    KTL_REGISTERED = True        # listed in ``types``
+
+    def __init__(self, name: str, service: Any, initial: Any = None,
+                 period: Optional[float] = None, units: Optional[str] = None,
+                 description: Optional[str] = None, minimum: Any = None,
+                 maximum: Any = None, readonly: bool = False, writeonly: bool = False,
+                 persist: bool = False, enumerators: Any = None, *,
+                 check: Optional[Callable[..., Any]] = None,
+                 translate: Optional[Callable[..., Any]] = None,
+                 prewrite: Optional[Callable[..., Any]] = None,
+                 write: Optional[Callable[..., Any]] = None,
+                 postwrite: Optional[Callable[..., Any]] = None,
+                 preread: Optional[Callable[..., Any]] = None,
+                 read: Optional[Callable[..., Any]] = None,
+                 postread: Optional[Callable[..., Any]] = None,
+                 update: Optional[Callable[..., Any]] = None) -> None:
+        self._fast: Optional[Tuple[bool, bool]] = None
+        self.name = _keyword_name(name)
+        self.service = service
+        self.type: KeywordType = keyword_type(self.KTL_TYPE, name=self.name, minimum=minimum,
+                                              maximum=maximum, enumerators=enumerators)
+        self.units = units
+        self.description = description
+        self.readonly = bool(readonly)
+        self.writeonly = bool(writeonly)
+        if self.readonly and self.writeonly:
+            raise ValueError(f"{self.name}: a keyword cannot be both read-only and write-only")
+        self.persist = bool(persist)
+        self.initial = initial
+        if period is not None:
+            _check_period(self.name, period)
+        self.history: Deque[Tuple[Any, float]] = deque(maxlen=HISTORY_LENGTH)
+        self.log = getattr(service, "log", logging.getLogger(__name__))
+        self._snap = _EMPTY
+        self._lock = threading.Lock()          # guards seq/store/enqueue; never held around hooks
+        self._callbacks: List[Callback] = []
+        self._propagating = threading.local()
+        self._period: Optional[float] = None
+        self._periodic: Any = None              # workers.ScheduledEntry
+        self._appointments: List[Any] = []
+        hooks = dict(check=check, translate=translate, prewrite=prewrite, write=write,
+                     postwrite=postwrite, preread=preread, read=read, postread=postread,
+                     update=update)
+        for hook, fn in hooks.items():
+            if fn is not None:
+                if not callable(fn):
+                    raise TypeError(f"{self.name}: {hook}= must be callable, got {fn!r}")
+                setattr(self, hook, fn)
+        service._attach(self)
+        if period is not None:
+            self.period(period)
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        """Replacing a hook invalidates the cached fast-path decision."""
+        if attr in HOOKS:
+            object.__setattr__(self, "_fast", None)
+        object.__setattr__(self, attr, value)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.full_name} = {self._snap.ascii!r}>"
+
+    # ------------------------------------------------------------ attributes
+
+    @property
+    def full_name(self) -> str:
+        return f"{getattr(self.service, 'name', '?')}.{self.name}"
+
+    @property
+    def value(self) -> Any:
+        """The native value (None until first set).  Change it with :meth:`set`."""
+        return self._snap.value
+
+    @property
+    def ascii(self) -> Optional[str]:
+        snap = self._snap
+        return None if snap.seq == 0 else snap.ascii
+
+    @property
+    def timestamp(self) -> Optional[float]:
+        """Epoch seconds (sub-second) of the last change."""
+        return self._snap.time
+
+    @property
+    def seq(self) -> int:
+        """How many times the value changed (1 after the first set)."""
+        return self._snap.seq
+
+    def __getitem__(self, key: str) -> Any:
+        """DFW's dictionary interface: ``kw['value']``, ``kw['name']``, ..."""
+        allowed = {"value": lambda: self.value, "name": lambda: self.name,
+                   "readonly": lambda: self.readonly, "writeonly": lambda: self.writeonly,
+                   "ascii": lambda: self.ascii, "timestamp": lambda: self.timestamp,
+                   "units": lambda: self.units, "type": lambda: self.type.ktl_type}
+        if key not in allowed:
+            raise KeyError(f"{self.name}: no key {key!r}; one of {', '.join(sorted(allowed))}")
+        return allowed[key]()
+
+    # ---------------------------------------------------------------- hooks
+
+    def check(self, value: Any) -> None:
+        """Raise (ValueError) to refuse ``value``; called by ``set`` and ``prewrite``."""
+
+    def translate(self, value: Any) -> Any:
+        """Map a user-facing value onto one the type accepts (identity).
+
+        Called by ``modify`` and ``set``; a ``postwrite`` that calls ``set``
+        translates again, so it should accept values it already translated.
+        """
+        return value
+
+    def prewrite(self, value: Any) -> Any:
+        """Skip equal writes (NoWriteNecessary), else ``check`` and return the value."""
+        if self.type.equal(self._snap.value, value):
+            raise NoWriteNecessary(f"{self.full_name} is already {self._snap.ascii!r}")
+        self.check(value)
+        return value
+
+    def write(self, value: Any) -> None:
+        """Drive the hardware.  May raise; may take long (it runs on a worker)."""
+
+    def postwrite(self, value: Any) -> None:
+        """After a successful write: store and broadcast the value.
+
+        Like ``set(value)``, without translating and converting again: the
+        value has been through both on its way here.
+        """
+        self._set_native(value, False)
+
+    def preread(self) -> None:
+        """Before ``read``."""
+
+    def read(self) -> Any:
+        """Read the authoritative source; the default is the stored value."""
+        return self._snap.value
+
+    def postread(self, value: Any) -> Any:
+        """After ``read``: store (and broadcast, if changed) what was read."""
+        self.set(value)
+        return value
+
+    def update(self) -> Any:
+        """``preread`` → ``read`` → ``postread`` (when ``read`` returned a value)."""
+        self.preread()
+        value = self.read()
+        if value is not None:
+            self.postread(value)
+        return value
+
+    # ------------------------------------------------------- public actions
+
+    def set(self, value: Any, force: bool = False) -> bool:
+        """Change the value and broadcast it; callable from any thread.
+
+        translate → conversion → unchanged and not ``force``: return False
+        without broadcasting → ``check`` → store (time, seq+1) → broadcast →
+        callbacks.  Returns True when a new value was stored.
+        """
+        return self._set_native(self.type.coerce(self.translate(value)), force)
+
+    def _set_native(self, value: Any, force: bool) -> bool:
+        """``set`` after translate and conversion."""
+        if not force and self.type.equal(self._snap.value, value):
+            return False
+        self.check(value)
+        with self._lock:
+            if not force and self.type.equal(self._snap.value, value):
+                return False
+            snap = self._store(value)
+            self.service._publish(self, snap)
+        self.service._changed(self, snap)
+        self._propagate()
+        return True
+
+    def _store(self, value: Any) -> Snapshot:
+        """Called with the lock held: the new snapshot, recorded in the history."""
+        now = time.time()
+        wire, raw = self.type.to_wire(value)
+        snap = Snapshot(value, self.type.to_ascii(value), wire, raw, now, self._snap.seq + 1)
+        self._snap = snap
+        self.history.append((value, now))
+        return snap
+
+    def modify(self, value: Any) -> bool:
+        """The client write path: translate, convert, prewrite, write, postwrite.
+
+        NoWriteNecessary from any hook is success.  Returns whether the
+        stored value changed.  Local calls raise the hooks' exceptions.
+        """
+        if self.readonly:
+            raise ValueError(f"{self.full_name} is read-only")
+        try:
+            value = self._prepare_write(value)
+            return self._apply_write(value)
+        except NoWriteNecessary:
+            return False
+
+    def _prepare_write(self, value: Any) -> Any:
+        """translate → conversion → prewrite: may refuse, changes nothing."""
+        value = self.type.coerce(self.translate(value))
+        result = self.prewrite(value)
+        if result is None or result is value:
+            return value
+        return self.type.coerce(result)     # a prewrite that substituted a value
+
+    def _apply_write(self, value: Any) -> bool:
+        """write → postwrite; whether a new value was stored meanwhile."""
+        before = self._snap.seq
+        self.write(value)
+        self.postwrite(value)
+        return self._snap.seq != before
+
+    def _fast_modify(self, value: Any) -> bool:
+        """``modify`` for a keyword whose write hooks are all the defaults.
+
+        What the default hooks do, without the calls: convert, skip an equal
+        value, store and broadcast.  Used on the I/O thread (fast path).
+        """
+        value = self.type.coerce(value)
+        with self._lock:
+            if self.type.equal(self._snap.value, value):
+                return False
+            snap = self._store(value)
+            self.service._publish(self, snap)
+        self.service._changed(self, snap)
+        self._propagate()
+        return True
+
+    def callback(self, function: Callback, remove: bool = False) -> None:
+        """Call ``function(keyword)`` after every set that changes the value.
+
+        Held strongly until removed, so a lambda works.  Callbacks run on the
+        thread that called ``set`` (never the I/O thread).
+        """
+        if not callable(function):
+            raise TypeError(f"{self.name}: callback must be callable, got {function!r}")
+        with self._lock:
+            callbacks = [cb for cb in self._callbacks if cb != function]
+            if not remove:
+                callbacks.append(function)
+            self._callbacks = callbacks
+
+    def _propagate(self) -> None:
+        """Run callbacks; errors are logged; a set from a callback does not re-enter."""
+        if not self._callbacks or getattr(self._propagating, "active", False):
+            return
+        self._propagating.active = True
+        try:
+            for function in list(self._callbacks):
+                try:
+                    function(self)
+                except Exception:  # noqa: BLE001 - a callback must not undo a set
+                    self.log.exception("%s: callback %r raised", self.full_name, function)
+        finally:
+            self._propagating.active = False
+
+    # ------------------------------------------------ periodic / scheduled
+
+    def period(self, seconds: Optional[float]) -> None:
+        """Run ``update()`` every ``seconds`` (None or 0 stops it).
+
+        After MAX_PERIODIC_FAILURES consecutive exceptions the period is
+        stopped and an error logged: a broken sensor should not flood the log.
+        """
+        if self._periodic is not None:
+            self._periodic.cancel()
+            self._periodic = None
+        if not seconds:
+            self._period = None
+            return
+        seconds = _check_period(self.name, seconds)
+        self._period = seconds
+        self._periodic = self.service._scheduler.add(
+            self.name, self._run_periodic, time.time() + seconds, seconds)
+
+    def schedule(self, appointment: Any = None, cancel: bool = False) -> None:
+        """Run ``update()`` once at ``appointment`` (epoch seconds or datetime; None: now).
+
+        ``cancel=True`` cancels every pending appointment (or the given one).
+        Times keep their sub-second part.
+        """
+        if cancel:
+            self._cancel_appointments(appointment)
+            return
+        when = _epoch(appointment)
+        entry = self.service._scheduler.add(self.name, self._run_appointment, when)
+        self._appointments = [e for e in self._appointments if not e.cancelled] + [entry]
+
+    def _cancel_appointments(self, appointment: Any) -> None:
+        when = None if appointment is None else _epoch(appointment)
+        for entry in self._appointments:
+            if when is None or abs(entry.when - when) < 1e-6:
+                entry.cancel()
+        self._appointments = [e for e in self._appointments if not e.cancelled]
+
+    def _run_appointment(self, entry: Any) -> None:
+        entry.cancel()   # done: drop from the pending list
+        try:
+            self.update()
+        except Exception:  # noqa: BLE001
+            self.log.exception("%s: scheduled update failed", self.full_name)
+
+    def _run_periodic(self, entry: Any) -> None:
+        try:
+            self.update()
+        except Exception:  # noqa: BLE001
+            entry.failures += 1
+            if entry.failures >= MAX_PERIODIC_FAILURES:
+                entry.cancel()
+                self.log.error("%s: periodic update failed %d times in a row; stopped "
+                               "(call period() again to restart)", self.full_name, entry.failures,
+                               exc_info=True)
+            else:
+                self.log.warning("%s: periodic update failed (%d in a row)", self.full_name,
+                                 entry.failures, exc_info=True)
+        else:
+            entry.failures = 0
+
+    # --------------------------------------------------------- description
+
+    def value_payload(self, snap: Optional[Snapshot] = None) -> Dict[str, Any]:
+        """A protocol VALUE (without the raw frame, which is ``snap.raw``)."""
+        snap = snap or self._snap
+        return {"keyword": self.name, "value": snap.wire, "ascii": snap.ascii,
+                "time": snap.time, "seq": snap.seq}
+
+    def describe(self) -> Dict[str, Any]:
+        """A protocol DESCRIPTION: the VALUE plus type and metadata."""
+        out = self.value_payload()
+        out.update(self.type.describe())
+        out.update({"ktl_type": self.type.ktl_type, "units": self.units,
+                    "description": self.description, "readonly": self.readonly,
+                    "writeonly": self.writeonly, "period": self._period,
+                    "persist": self.persist})
+        return out
+
+    # ----------------------------------------------------------- fast path
+
+    def _fast_paths(self) -> Tuple[bool, bool]:
+        """(read, write) can be answered on the I/O thread: no user hooks involved."""
+        fast = self._fast
+        if fast is None:
+            fast = (_defaults(self, _READ_HOOKS), _defaults(self, _WRITE_HOOKS))
+            object.__setattr__(self, "_fast", fast)
+        return fast
+
+    def fast_read(self) -> bool:
+        return self._fast_paths()[0]
+
+    def fast_write(self) -> bool:
+        """Also false while callbacks exist: they run in ``set``, on the caller's thread."""
+        return self._fast_paths()[1] and not self._callbacks
+
+
+def _defaults(kw: Keyword, hooks: Sequence[str]) -> bool:
+    cls = type(kw)
+    instance = kw.__dict__
+    return all(hook not in instance and getattr(cls, hook) is getattr(Keyword, hook)
+               for hook in hooks)
+
+
+def _check_period(name: str, seconds: Any) -> float:
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(seconds, bool) or not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}: period must be a positive number of seconds, got {seconds!r}")
+    return value
+
+
+def _keyword_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"keyword name must be a string, got {name!r}")
+    text = name.strip().upper()
+    if not text or any(c.isspace() or c == "\x00" for c in text):
+        raise ValueError(f"invalid keyword name {name!r}: it must be non-empty, without "
+                         "whitespace or NUL")
+    return text
+
+
+def _epoch(appointment: Any) -> float:
+    if appointment is None:
+        return time.time()
+    if isinstance(appointment, _dt.datetime):
+        return appointment.timestamp()
+    if isinstance(appointment, (int, float)) and not isinstance(appointment, bool):
+        return float(appointment)
+    raise TypeError(f"appointment must be epoch seconds or a datetime, got {appointment!r}")
+
+
+# --------------------------------------------------------------------------
+# typed keywords
+# --------------------------------------------------------------------------
+
+class Basic(Keyword):
+    """A generic keyword whose values are strings (KTL ``basic``)."""
+
+    KTL_TYPE = "string"
+
+
+class String(Keyword):
+    KTL_TYPE = "string"
+
+
+class Boolean(Keyword):
+    """``True``/``False``; accepts 1/0, true/false, yes/no, on/off."""
+
+    KTL_TYPE = "boolean"
+
+
+class Integer(Keyword):
+    """A 32-bit integer (inclusive range); fractions are refused, not truncated."""
+
+    KTL_TYPE = "integer"
+
+    def increment(self, amount: int = 1) -> bool:
+        """Add ``amount`` to the value (0 when unset) and broadcast."""
+        with self._lock:
+            current = self._snap.value or 0
+        return self.set(current + amount)
+
+
+class Double(Keyword):
+    """A double; NaN and infinities are allowed unless a range is set."""
+
+    KTL_TYPE = "double"
+
+
+Float = Double
+
+
+class Enumerated(Keyword):
+    """An integer whose ascii form is an enumerator name; ``enumerators`` is required."""
+
+    KTL_TYPE = "enumerated"
+
+
+class Mask(Keyword):
+    """A bit pattern whose bits are named by ``enumerators``."""
+
+    KTL_TYPE = "mask"
+
+
+class IntegerArray(Keyword):
+    """A 1-D list of integers (a numpy int64 array when numpy is used)."""
+
+    KTL_TYPE = "integer-array"
+
+
+class DoubleArray(Keyword):
+    """A 1-D list of doubles (a numpy float64 array when numpy is used)."""
+
+    KTL_TYPE = "double-array"
+
+
+def _type_table() -> Dict[str, Type[Keyword]]:
+    table: Dict[str, Type[Keyword]] = {
+        "keyword": Keyword, "basic": Basic, "string": String, "boolean": Boolean,
+        "integer": Integer, "double": Double, "float": Double, "enumerated": Enumerated,
+        "mask": Mask, "integer-array": IntegerArray, "double-array": DoubleArray,
+    }
+    for name in list(table):   # KTL spellings: "integer array", "integer_array"
+        if "-" in name:
+            table[name.replace("-", " ")] = table[name]
+            table[name.replace("-", "_")] = table[name]
+    table["float-array"] = table["float array"] = DoubleArray
+    return table
+
+
+#: Keyword classes by type name (``types['integer']``, ``types['double array']``, ...).
+types: Dict[str, Type[Keyword]] = _type_table()
+
+
+def keyword_class(type_name: str) -> Type[Keyword]:
+    """The class for a keyword-file / KTL type name; KeyError if unknown."""
+    key = type_name.strip().lower()
+    if key.startswith("ktl_"):
+        key = key[4:]
+    return types[key]

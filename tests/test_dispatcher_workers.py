@@ -1,0 +1,91 @@
+"""The executor and scheduler that run instrument code (no sockets)."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, List
+
+import pytest
+
+from cauldron_zmq.workers import KeyedExecutor, Scheduler, _next_time
+
+try:
+    from .test_dispatcher_support import wait_for
+except ImportError:
+    from test_dispatcher_support import wait_for  # type: ignore
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_per_key_fifo_and_parallel_keys() -> None:
+    ex = KeyedExecutor("cauldron-test", max_workers=4, idle_timeout=0.2)
+    blocked, release = threading.Event(), threading.Event()
+    order: List[Any] = []
+    ex.submit("slow", lambda: (blocked.set(), release.wait(10)))
+    for i in range(5):
+        ex.submit("slow", lambda i=i: order.append(("slow", i)))
+    assert blocked.wait(5)
+    done = threading.Event()
+    for i in range(5):
+        ex.submit("fast", lambda i=i: order.append(("fast", i)))
+    ex.submit("fast", done.set)
+    assert done.wait(5)                       # "fast" ran while "slow" was blocked
+    assert order == [("fast", i) for i in range(5)]
+    release.set()
+    wait_for(lambda: len(order) == 10, what="the slow key's queue")
+    assert order[5:] == [("slow", i) for i in range(5)]
+    wait_for(lambda: ex.worker_count == 0, what="idle workers to exit")
+    assert ex.close() == []
+
+
+def test_pool_is_bounded_and_errors_do_not_kill_workers() -> None:
+    ex = KeyedExecutor("cauldron-test", max_workers=2, idle_timeout=5)
+    gate = threading.Event()
+    ran: List[int] = []
+    for i in range(6):
+        ex.submit(i, lambda i=i: (gate.wait(10), ran.append(i)))
+    assert ex.worker_count == 2
+    ex.submit("boom", lambda: 1 / 0)
+    gate.set()
+    wait_for(lambda: len(ran) == 6, what="all tasks")
+    done = threading.Event()
+    ex.submit("after", done.set)
+    assert done.wait(5)
+    assert ex.close() == []
+
+
+def test_close_cancels_pending_tasks() -> None:
+    ex = KeyedExecutor("cauldron-test", max_workers=1)
+    started, release = threading.Event(), threading.Event()
+    cancelled: List[int] = []
+    ex.submit("k", lambda: (started.set(), release.wait(10)))
+    ex.submit("k", lambda: None, on_cancel=lambda: cancelled.append(1))
+    assert started.wait(5)
+    threading.Timer(0.05, release.set).start()
+    assert ex.close(timeout=5) == []
+    assert cancelled == [1]
+    with pytest.raises(RuntimeError):
+        ex.submit("k", lambda: None)
+
+
+def test_scheduler_periodic_and_one_shot() -> None:
+    ex = KeyedExecutor("cauldron-test", max_workers=2, idle_timeout=0.5)
+    sched = Scheduler("cauldron-test", ex)
+    ticks: List[float] = []
+    once: List[float] = []
+    entry = sched.add("a", lambda e: ticks.append(time.time()), time.time() + 0.02, 0.02)
+    when = time.time() + 0.1
+    sched.add("b", lambda e: once.append(time.time()), when)
+    cancelled = sched.add("c", lambda e: once.append(-1), time.time() + 0.05)
+    cancelled.cancel()
+    sched.start()
+    wait_for(lambda: len(ticks) >= 5 and once, what="scheduled work")
+    entry.cancel()
+    sched.stop()
+    ex.close()
+    assert once[0] >= when and -1 not in once
+
+
+def test_next_time_skips_missed_periods() -> None:
+    assert _next_time(10.0, 1.0, 10.5) == 11.0
+    assert _next_time(10.0, 1.0, 13.2) == 14.0
