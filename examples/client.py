@@ -42,19 +42,18 @@ def run(svc: "ktl.Service") -> None:
     moving = svc["MOVING"]
     moving.callback(lambda kw: say(f"  {time.strftime('%H:%M:%S')} MOVING = {kw['ascii']}"))
     moving.monitor()
-    task = svc["FILTER"].write("R", wait=False)
+    svc["FILTER"].write("R")          # starts the move
     try:
         svc["FILTER"].write("I")
     except ktl.DispatcherError as exc:
         say(f"  a second move while moving is refused: {exc}")
-    task.get(timeout=30)
-    moving.wait(timeout=5, operator="==", value=False)
+    moving.wait(timeout=30, operator="==", value=False)
     say(f"  FILTER = {svc['FILTER'].read()}")
 
     say("Heating: SETPOINT = 25, then waiting for TEMP > 24")
     svc["SETPOINT"].write(25)
     svc["TEMP"].monitor()
-    ktl.waitFor(f"${svc.name}.TEMP > 24", timeout=30)
+    svc["TEMP"].wait(timeout=30, operator=">", value=24)
     say(f"  TEMP = {svc['TEMP'].read()} degC")
     svc["SETPOINT"].write(20)
     say("Done.")

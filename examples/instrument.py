@@ -23,34 +23,43 @@ FILTERS = ["Clear", "V", "R", "I", "Halpha"]
 
 
 class FilterWheel(DFW.Enumerated):
-    """Moving takes ``seconds_per_slot`` per slot; a write while moving is refused."""
+    """A wheel that takes ``seconds_per_slot`` per slot to move.
+
+    As on many real instruments, a write *starts* the move and returns: TARGET
+    says where the wheel goes, MOVING is true until it arrives, and FILTER
+    changes on arrival.  A write while the wheel moves is refused.
+    """
 
     seconds_per_slot = 0.5
 
     def __init__(self, name: str, service: DFW.Service, **kw) -> None:
         super().__init__(name, service, enumerators=FILTERS, initial="Clear",
                          description="Filter in the beam", **kw)
-        self._moving = threading.Event()
+        self._mover: Optional[threading.Thread] = None
 
-    def check(self, value) -> None:
-        if self._moving.is_set():
-            target = self.service["TARGET"].ascii
-            raise RuntimeError(f"the filter wheel is moving to {target}; try again when it stops")
+    def prewrite(self, value):
+        """Refuse a client's write while moving (``check`` would also refuse our own set())."""
+        if self._mover is not None and self._mover.is_alive():
+            raise RuntimeError(f"the filter wheel is moving to {self.service['TARGET'].ascii}; "
+                               "try again when it stops")
+        return super().prewrite(value)
 
     def write(self, value) -> None:
-        moving, target = self.service["MOVING"], self.service["TARGET"]
         slots = abs(int(value) - int(self.value or 0))
-        self._moving.set()
-        try:
-            target.set(value)
-            moving.set(True)
-            # A real wheel would be commanded here and polled until it arrives.
-            deadline = time.monotonic() + slots * self.seconds_per_slot
-            while time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            moving.set(False)
-            self._moving.clear()
+        self.service["TARGET"].set(value)
+        self.service["MOVING"].set(True)
+        self._mover = threading.Thread(target=self._move, args=(value, slots),
+                                       name="filter-wheel", daemon=True)
+        self._mover.start()
+
+    def postwrite(self, value) -> None:
+        """FILTER changes when the wheel arrives, not when the move starts."""
+
+    def _move(self, value, slots: int) -> None:
+        # A real wheel would be commanded here and polled until it arrives.
+        time.sleep(slots * self.seconds_per_slot)
+        self.set(value)
+        self.service["MOVING"].set(False)
 
 
 class Temperature(DFW.Double):

@@ -1,0 +1,19 @@
+# Sourced by scripts/test and scripts/demo: create (or reuse) a virtual
+# environment and install cauldron_zmq into it with its test extra.
+# Sets $venv.  PYTHON=/path/to/python selects another interpreter, which gets
+# a venv of its own (.venv-3.9, ...).
+python=${PYTHON:-python3}
+version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+venv=.venv
+if [ -n "${PYTHON:-}" ]; then venv=.venv-$version; fi
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+stamp="$venv/.installed-$(cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ]; then
+    echo "Installing cauldron_zmq into $venv ..." >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' >&2
+    rm -f "$venv"/.installed-*
+    touch "$stamp"
+fi
