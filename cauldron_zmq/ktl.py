@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from .client import _services as _client_services
 from .client import HistorySlice, Keyword, Service, ServiceShutDown, Task, UnknownKeyword
 from .config import Config
 from .errors import (CauldronError, DispatcherError, RouterError, ServiceNotFound,
@@ -49,8 +50,9 @@ def cache(service: str, keyword: Optional[str] = None, *,
           config: ConfigArg = None) -> Union[Service, Keyword]:
     """The cached Service of that name (created on first use), or one of its keywords.
 
-    ``config`` only matters when the Service is created; a Service that was
-    shut down is replaced.  Every procedural function goes through here.
+    Without ``config``, a live Service of that name that the program created
+    itself is used before a new one is made.  ``config`` only matters when the
+    Service is created; a Service that was shut down is replaced.  Every procedural function goes through here.
     """
     if not isinstance(service, str):
         raise TypeError(f"service must be a str, not {type(service).__name__}")
@@ -60,9 +62,24 @@ def cache(service: str, keyword: Optional[str] = None, *,
     with _cache_lock:
         svc = _cache.get(name)
         if svc is None or svc.closed:
-            svc = Service(name, config=config)
-            _cache[name] = svc
+            svc = _open_service(name) if config is None else None
+            if svc is None:
+                svc = Service(name, config=config)
+                _cache[name] = svc
     return svc if keyword is None else svc[keyword]
+
+
+def _open_service(name: str) -> Optional[Service]:
+    """A Service of that name the program already opened itself, if any.
+
+    ``waitFor("$demo.TEMP > 24")`` after ``ktl.Service("demo", config=...)``
+    then uses that Service and its configuration.  It stays the program's:
+    :func:`cache_clear` does not shut it down.
+    """
+    for svc in list(_client_services):
+        if svc.name == name and not svc.closed:
+            return svc
+    return None
 
 
 def cache_clear() -> None:

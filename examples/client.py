@@ -53,7 +53,7 @@ def run(svc: "ktl.Service") -> None:
     say("Heating: SETPOINT = 25, then waiting for TEMP > 24")
     svc["SETPOINT"].write(25)
     svc["TEMP"].monitor()
-    svc["TEMP"].wait(timeout=30, operator=">", value=24)
+    ktl.waitFor(f"${svc.name}.TEMP > 24", timeout=30)
     say(f"  TEMP = {svc['TEMP'].read()} degC")
     svc["SETPOINT"].write(20)
     say("Done.")

@@ -580,3 +580,22 @@ def test_pytest_plugin_fixture(cauldron_service: Any, tmp_path: Any) -> None:
     path.write_text('[keyword.B]\ntype = "boolean"\ninitial = true\n')
     svc = cauldron_service(path, service="plug")
     assert svc["B"].read(binary=True) is True
+
+
+def test_waitfor_uses_a_service_the_program_opened(tmp_path):
+    """``ktl.waitFor('$svc.KW ...')`` after ``ktl.Service(name, config=...)`` uses
+    that Service (and its configuration), not a new one with the default config."""
+    from cauldron_zmq import DFW, ktl
+    from cauldron_zmq.testing import running_service
+
+    def setup(service):
+        DFW.Integer("COUNT", service, initial=1)
+
+    with running_service(setup, service="opened") as svc:
+        try:
+            svc["COUNT"].write(3)
+            assert ktl.waitFor("$opened.COUNT == 3", timeout=5) is True
+            assert ktl.cache("opened") is svc
+        finally:
+            ktl.cache_clear()
+        assert not svc.closed, "cache_clear() must not shut down the program's own Service"
