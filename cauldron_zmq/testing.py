@@ -289,10 +289,17 @@ class ServiceHarness:
         """Send a signal to the dispatcher subprocess (SIGSTOP, SIGCONT, SIGKILL...)."""
         if not isinstance(self.dispatcher, _subprocess.Popen):
             raise RuntimeError("signal_dispatcher() needs subprocess=True")
-        os.kill(self.dispatcher.pid, signum)
+        pid = self.dispatcher.pid
+        os.kill(pid, signum)
         if signum == signal.SIGKILL:
             self.dispatcher.wait(10)
             self.dispatcher = None
+        elif signum in (signal.SIGSTOP, signal.SIGCONT):
+            # Delivery is asynchronous: wait until the kernel shows the new state,
+            # so a test's next step really meets a stopped (or running) process.
+            stopped = signum == signal.SIGSTOP
+            wait_until(lambda: _is_stopped(pid) == stopped, 5,
+                       message=f"dispatcher {'stopped' if stopped else 'continued'}")
 
     def kill_dispatcher(self) -> None:
         """SIGKILL: no unregister, no goodbye."""
@@ -352,6 +359,16 @@ class ServiceHarness:
     def _check_alive(proc: Any, what: str) -> None:
         if isinstance(proc, _subprocess.Popen) and proc.poll() is not None:
             raise RuntimeError(f"the {what} process exited with status {proc.returncode}")
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether /proc says the process is stopped by a signal (state T)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] == b"T"
 
 
 def _terminate(proc: "_subprocess.Popen[bytes]", timeout: float = 10.0) -> None:
