@@ -20,6 +20,7 @@ _COMMANDS = (
     ("cauldron_zmq.commands.tools", "modify"),
     ("cauldron_zmq.commands.tools", "monitor"),
     ("cauldron_zmq.commands.tools", "list_"),
+    ("cauldron_zmq.commands.keygen", "keygen"),
 )
 
 

@@ -37,9 +37,11 @@ from zmq.utils.monitor import recv_monitor_message
 from . import protocol
 from .backoff import LOOKUP, Schedule
 from .config import Config, endpoint, load_config
-from .errors import (CauldronError, ConversionError, DispatcherError, RemoteError, RouterError,
-                     ServiceNotFound, TimeoutError, remote_exception)
+from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
+                     RemoteError, RouterError, ServiceNotFound, TimeoutError, remote_exception)
 from .expression import OPERATORS, Value, compare
+from .security import (HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security, handshake_event,
+                       refused_message)
 from .types import KeywordType, keyword_type
 
 __all__ = [
@@ -259,6 +261,9 @@ class _Link:
         self.relookup_start: Optional[float] = None
         self.relookup_attempts = 0
         self.lookup_inflight = False
+        self.dealer_monitor: Optional[zmq.Socket] = None   # with [zmq-security] only
+        self.refused = False           # its authenticator refused our key: new sockets next time
+        self.handshake_error = ""      # the last failed handshake, for timeout messages
 
     @property
     def dispatch_address(self) -> str:
@@ -340,6 +345,7 @@ class _Engine:
                  logger: logging.Logger) -> None:
         self.service = service
         self.config = config
+        self.security = client_security(config)     # first: a bad key file leaves nothing behind
         self.timeout = timeout
         self.log = logger
         self.max_size = config.zmq.max_message_size
@@ -367,6 +373,8 @@ class _Engine:
         self.polls: Dict[str, List[float]] = {}    # KEYWORD -> [period, next due]
         self.inflight_reads: Set[str] = set()
         self.router_sock: Optional[zmq.Socket] = None
+        self.router_monitor: Optional[zmq.Socket] = None
+        self.router_handshake_error = ""
         # Snapshots readable from any thread (replaced whole, never mutated).
         self.names: Dict[str, str] = {}            # KEYWORD -> link key
         self.alive_links: Dict[str, bool] = {}
@@ -519,9 +527,7 @@ class _Engine:
         self.pending.clear()
         for link in list(self.links.values()):
             self._close_link_sockets(link)
-        if self.router_sock is not None:
-            self._close_socket(self.router_sock)
-            self.router_sock = None
+        self._reset_router()
         self.ctx.term()
 
     # ---------------------------------------------------------------- timers
@@ -566,6 +572,8 @@ class _Engine:
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_size)
         sock.setsockopt(zmq.RECONNECT_IVL, _RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, _RECONNECT_IVL_MAX_MS)
+        if self.security is not None:
+            self.security.apply(sock)
         return sock
 
     def _watch(self, sock: zmq.Socket, handler: Callable[[], None]) -> None:
@@ -584,6 +592,10 @@ class _Engine:
 
     def _open_dealer(self, link: _Link) -> None:
         sock = self._socket(zmq.DEALER)
+        if self.security is not None and HANDSHAKE_EVENTS:
+            mon = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+            link.dealer_monitor = mon
+            self._watch(mon, lambda: self._on_dealer_monitor(link, mon))
         sock.connect(link.dispatch_address)
         link.dealer = sock
         self._watch(sock, lambda: self._on_dealer(link, sock))
@@ -592,14 +604,26 @@ class _Engine:
         sock = self._socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, self.config.zmq.hwm)
         sock.setsockopt(zmq.SUBSCRIBE, protocol.service_prefix(self.service))
-        mon = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
+        mon = sock.get_monitor_socket(zmq.EVENT_CONNECTED | HANDSHAKE_EVENTS)
         sock.connect(link.broadcast_address)
         link.sub, link.monitor = sock, mon
         self._watch(sock, lambda: self._on_sub(link, sock))
         self._watch(mon, lambda: self._on_monitor(link, mon))
 
-    def _close_link_sockets(self, link: _Link) -> None:
+    def _close_dealer(self, link: _Link) -> None:
+        if link.dealer_monitor is not None:
+            if link.dealer is not None and not link.dealer.closed:
+                try:
+                    link.dealer.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+            self._close_socket(link.dealer_monitor)
+            link.dealer_monitor = None
         self._close_socket(link.dealer)
+        link.dealer = None
+
+    def _close_link_sockets(self, link: _Link) -> None:
+        self._close_dealer(link)
         if link.sub is not None and not link.sub.closed:
             try:
                 link.sub.disable_monitor()
@@ -612,12 +636,24 @@ class _Engine:
     def _router_socket(self) -> zmq.Socket:
         if self.router_sock is None:
             sock = self._socket(zmq.DEALER)
+            if HANDSHAKE_EVENTS:
+                mon = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+                self.router_monitor = mon
+                self._watch(mon, lambda: self._on_router_monitor(mon))
             sock.connect(self.router_address)
             self.router_sock = sock
             self._watch(sock, lambda: self._on_router(sock))
         return self.router_sock
 
     def _reset_router(self) -> None:
+        if self.router_monitor is not None:
+            if self.router_sock is not None and not self.router_sock.closed:
+                try:
+                    self.router_sock.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+            self._close_socket(self.router_monitor)
+            self.router_monitor = None
         self._close_socket(self.router_sock)
         self.router_sock = None
 
@@ -678,7 +714,7 @@ class _Engine:
     def _reset_dealer(self, link: _Link) -> None:
         """Lazy Pirate: a DEALER whose peer went silent is closed and reconnected."""
         self.log.debug("resetting the connection to %s", link.describe())
-        self._close_socket(link.dealer)
+        self._close_dealer(link)
         self._open_dealer(link)
         self._resend_unacked(link)
 
@@ -694,6 +730,8 @@ class _Engine:
         if link is None:
             p.task._fail(self._no_link_error(p))
             return
+        if link.refused:
+            self._retry_refused(link)
         p.link = link
         self.pending[p.request.id] = p
         self._transmit(p)
@@ -730,7 +768,8 @@ class _Engine:
             self._reset_router()
             p.task._fail(TimeoutError(
                 f"{p.description}: no answer from the router at {self.router_address} "
-                f"within {_fmt_s(p.timeout)}; is the router running?"))
+                f"within {_fmt_s(p.timeout)}; is the router running?"
+                + self._handshake_hint(self.router_handshake_error)))
             return
         link = p.link
         assert link is not None
@@ -740,10 +779,78 @@ class _Engine:
                 f"complete it within {_fmt_s(p.timeout)}"))
             return
         p.task._fail(TimeoutError(f"{p.description}: no answer from {link.describe()} "
-                                  f"within {_fmt_s(p.timeout)}"))
+                                  f"within {_fmt_s(p.timeout)}"
+                                  + self._handshake_hint(link.handshake_error)))
         if link.last_reply < p.sent_at and link.dealer is not None:
             self._reset_dealer(link)
             self._start_relookup(link)
+
+    def _handshake_hint(self, error: str) -> str:
+        """What a timeout message adds about security (nothing in the common case)."""
+        if error:
+            return f" (the last connection attempt failed its handshake: {error})"
+        if self.security is not None and not HANDSHAKE_EVENTS:
+            return (" (with [zmq-security] enabled, the server's authenticator may have "
+                    "refused this client's key)")
+        return ""
+
+    # ------------------------------------------------------- handshake events
+    def _handshake_events(self, mon: zmq.Socket) -> List[Tuple[str, str]]:
+        events = []
+        while not mon.closed:
+            try:
+                event = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            kind, text = handshake_event(event, self.security is not None)
+            if kind:
+                events.append((kind, text))
+        return events
+
+    def _on_dealer_monitor(self, link: _Link, mon: zmq.Socket) -> None:
+        for kind, text in self._handshake_events(mon):
+            self._on_handshake(link, kind, text)
+
+    def _on_handshake(self, link: _Link, kind: str, text: str) -> None:
+        """A handshake with the dispatcher succeeded, failed, or was refused."""
+        if kind == SUCCEEDED:
+            link.handshake_error, link.refused = "", False
+            return
+        link.handshake_error = text
+        if kind != REFUSED or link.refused:
+            return
+        # libzmq drops a refused connection for good: fail what waits on it
+        # now, and open new sockets for the next request (_retry_refused).
+        link.refused = True
+        message = refused_message(link.describe(), self.security)
+        self.log.warning("%s", message)
+        for p in [p for p in self.pending.values() if p.link is link]:
+            del self.pending[p.request.id]
+            p.task._fail(AuthenticationError(f"{p.description}: {message}"))
+
+    def _retry_refused(self, link: _Link) -> None:
+        """New sockets, so a new handshake: the key may have been authorised since."""
+        link.refused = False
+        self._close_link_sockets(link)
+        self._open_dealer(link)
+        self._open_sub(link)
+        link.synced, link.gseq = False, None
+
+    def _on_router_monitor(self, mon: zmq.Socket) -> None:
+        for kind, text in self._handshake_events(mon):
+            if kind == SUCCEEDED:
+                self.router_handshake_error = ""
+                continue
+            again, self.router_handshake_error = self.router_handshake_error == text, text
+            if kind != REFUSED:
+                continue
+            message = refused_message(f"the router at {self.router_address}", self.security)
+            self.log.log(logging.DEBUG if again else logging.WARNING, "%s", message)
+            for p in [p for p in self.pending.values() if p.router]:
+                del self.pending[p.request.id]
+                p.task._fail(AuthenticationError(f"{p.description}: {message}"))
+            self._reset_router()       # the next request makes a new connection
+            return
 
     def _on_dealer(self, link: _Link, sock: zmq.Socket) -> None:
         while not sock.closed:
@@ -827,6 +934,13 @@ class _Engine:
                 event = recv_monitor_message(mon, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if event.get("event") != zmq.EVENT_CONNECTED:
+                kind, text = handshake_event(event, self.security is not None)
+                if kind:
+                    self._on_handshake(link, kind, text)
+                    if link.sub is None or mon.closed:
+                        return
+                continue
             if event.get("event") == zmq.EVENT_CONNECTED:
                 # The SUB (re)connected: anything published before its
                 # subscription arrived is lost, so re-read now and again at
@@ -871,6 +985,8 @@ class _Engine:
 
     def _resync(self, link: _Link, why: str, restarted: bool = False) -> None:
         """Re-read what is monitored, waited on or polled, after a possible loss."""
+        if link.refused:          # nothing gets through; the next user request retries
+            return
         kws = [kw for name, kw in self.kwobjs.items() if self.owner.get(name) is link]
         if restarted:
             self.log.info("%s: %s", link.describe(), why)
@@ -1551,8 +1667,9 @@ class Service:
                 errors.append(exc)
                 continue
             engine.call(lambda k=key, r=result: engine.io_listed(k, r))
-        if errors and len(errors) == len(tasks) and not engine.names:
-            raise errors[0]
+        refused = [exc for exc in errors if isinstance(exc, AuthenticationError)]
+        if errors and len(errors) == len(tasks) and (not engine.names or refused):
+            raise (refused or errors)[0]
         for exc in errors:
             self.log.warning("%s; using the router's keyword list for it", exc)
 

@@ -1,4 +1,4 @@
-"""Configuration: the ``[zmq]`` and ``[zmq-router]`` sections of a TOML file.
+"""Configuration: the ``[zmq]``, ``[zmq-router]`` and ``[zmq-security]`` sections of a TOML file.
 
 The original Cauldron read an INI file with ``configparser`` and looked values
 up lazily, so a typo surfaced (if ever) deep inside a running dispatcher.  Here
@@ -39,6 +39,8 @@ except ModuleNotFoundError:  # Python < 3.11
 __all__ = [
     "ZmqConfig",
     "RouterConfig",
+    "SecurityConfig",
+    "FrozenMap",
     "Config",
     "DEFAULT",
     "DEFAULT_PERSIST_DIR",
@@ -151,6 +153,66 @@ def _path(value: Any) -> Optional[str]:
 
 
 _port = _integer(1, 65535, "an integer port 1..65535")
+
+
+class FrozenMap(Mapping):  # type: ignore[type-arg]
+    """A read-only, hashable mapping: a table value of a frozen configuration."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Any = ()) -> None:
+        self._data: Dict[str, Any] = dict(items)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._data) == dict(other.items())
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+
+def _key_list(value: Any) -> Tuple[str, ...]:
+    """A list of client key names (file stems in authorized-keys) or z85 public keys."""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v.strip()
+                                                for v in value):
+        return tuple(v.strip() for v in value)
+    raise _Invalid("a list of key names (file stems in authorized-keys) or z85 public keys")
+
+
+def _policy_key(text: Any) -> str:
+    """``KEYWORD``, ``*``, ``service.KEYWORD`` or ``service.*``, normalised."""
+    service, dot, keyword = str(text).strip().rpartition(".")
+    keyword = keyword.strip().upper()
+    if not keyword or (dot and not service.strip()):
+        raise _Invalid(f"keys KEYWORD, \"*\", \"service.KEYWORD\" or \"service.*\"; "
+                       f"{text!r} is none of these")
+    return f"{service.strip().lower()}.{keyword}" if dot else keyword
+
+
+def _key_table(value: Any) -> FrozenMap:
+    """``{KEYWORD: [key, ...]}``; a nested table is a service (``[x.writers.stage]``)."""
+    if not isinstance(value, Mapping):
+        raise _Invalid("a table mapping KEYWORD (or \"*\", or \"service.KEYWORD\") to a "
+                       "list of key names or z85 public keys")
+    out: Dict[str, Tuple[str, ...]] = {}
+    for raw, names in value.items():
+        if isinstance(names, Mapping):
+            for keyword, sub in names.items():
+                out[_policy_key(f"{raw}.{keyword}")] = _key_list(sub)
+        else:
+            out[_policy_key(raw)] = _key_list(names)
+    return FrozenMap(sorted(out.items()))
 _millis = _integer(1, None, "a positive integer number of milliseconds")
 
 
@@ -199,12 +261,26 @@ class RouterConfig:
     expiry: float = _option(10.0, _seconds)
 
 
-Section = Union[ZmqConfig, RouterConfig]
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Section ``[zmq-security]``: CurveZMQ keys and who may write what (docs/security.rst)."""
+
+    enable: bool = _option(False, _boolean)
+    server_secret_key: Optional[str] = _option(None, _path)
+    server_public_key: Optional[str] = _option(None, _path)
+    client_secret_key: Optional[str] = _option(None, _path)
+    authorized_keys: Optional[str] = _option(None, _path)
+    admins: Tuple[str, ...] = _option((), _key_list)
+    writers: FrozenMap = _option(FrozenMap(), _key_table)
+
+
+Section = Union[ZmqConfig, RouterConfig, SecurityConfig]
 
 #: TOML section name -> (dataclass, attribute of :class:`Config`).
 SECTIONS: Dict[str, Tuple[Type[Any], str]] = {
     "zmq": (ZmqConfig, "zmq"),
     "zmq-router": (RouterConfig, "router"),
+    "zmq-security": (SecurityConfig, "security"),
 }
 
 
@@ -220,6 +296,7 @@ class Config:
 
     zmq: ZmqConfig = ZmqConfig()
     router: RouterConfig = RouterConfig()
+    security: SecurityConfig = SecurityConfig()
     source: Optional[str] = field(default=None, compare=False)
 
     def router_address(self) -> str:
@@ -237,7 +314,8 @@ class Config:
         """A new, re-validated Config with some keys changed.
 
         ``cfg.replace(router={"port": 7000, "state-file": "/x"}, zmq={"host": "h"})``.
-        Sections may be named ``zmq``, ``router`` or ``zmq_router``; keys may be
+        Sections may be named ``zmq``, ``router`` or ``zmq_router``, ``security``
+        or ``zmq_security``; keys may be
         spelled as in TOML (``first-port``) or as attributes (``first_port``);
         a section may also be given as a whole :class:`ZmqConfig`/:class:`RouterConfig`.
         """
@@ -306,8 +384,11 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
 
 
 def _unknown_key(source: str, section: str, key: str, value: Any,
-                 known: Iterable[str]) -> ConfigurationError:
-    if isinstance(value, Mapping):
+                 known: Mapping[str, Any]) -> ConfigurationError:
+    tables = [k for k, f in known.items() if isinstance(f.default, FrozenMap)]
+    if isinstance(value, Mapping) and tables:
+        hint = "the only sub-tables here are " + ", ".join(f"[{section}.{t}]" for t in tables)
+    elif isinstance(value, Mapping):
         hint = f"sub-tables are not allowed; sections are {', '.join(f'[{s}]' for s in SECTIONS)}"
     else:
         hint = _suggest(key, known)
@@ -363,9 +444,23 @@ def _check_router(router: RouterConfig, source: str) -> None:
                      router.expiry)
 
 
+def _check_security(security: SecurityConfig, source: str) -> None:
+    """Access rules need client keys: without CurveZMQ nobody can be told apart."""
+    if security.enable:
+        return
+    for key, empty in (("writers", "an empty table"), ("admins", "an empty list")):
+        value = getattr(security, key)
+        if value:
+            shown = dict(value) if isinstance(value, Mapping) else list(value)
+            raise _error(source, "zmq-security", key,
+                         f"{empty} while enable = false (access rules name CurveZMQ client "
+                         "keys, which exist only with security enabled)", shown)
+
+
 _CROSS_CHECKS: Dict[Type[Any], Callable[[Any, str], None]] = {
     ZmqConfig: _check_zmq,
     RouterConfig: _check_router,
+    SecurityConfig: _check_security,
 }
 
 
@@ -414,14 +509,17 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> C
 
 
 _SECTION_ALIASES = {"zmq": "zmq", "router": "zmq-router",
-                    "zmq_router": "zmq-router", "zmq-router": "zmq-router"}
+                    "zmq_router": "zmq-router", "zmq-router": "zmq-router",
+                    "security": "zmq-security", "zmq_security": "zmq-security",
+                    "zmq-security": "zmq-security"}
 
 
 def _replace_section_name(name: str, label: str) -> str:
     section = _SECTION_ALIASES.get(name)
     if section is None:
         raise ConfigurationError(
-            f"{label}: [{name}]: unknown section; {_suggest(name, ['zmq', 'router'])}",
+            f"{label}: [{name}]: unknown section; "
+            f"{_suggest(name, ['zmq', 'router', 'security'])}",
             source=label, section=name)
     return section
 
@@ -490,6 +588,11 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, Mapping):    # an inline table, keys quoted
+        return "{" + ", ".join(f"{_toml_string(str(k))} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return _toml_string(str(value))
 
 

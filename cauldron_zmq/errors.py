@@ -22,6 +22,7 @@ __all__ = [
     "DispatcherError",
     "TimeoutError",
     "ServiceNotFound",
+    "AuthenticationError",
     "NoWriteNecessary",
     "ConversionError",
     "remote_exception",
@@ -91,6 +92,19 @@ class ServiceNotFound(CauldronError, LookupError):
     """The router knows no dispatcher for the service."""
 
     def __str__(self) -> str:  # LookupError/KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AuthenticationError(CauldronError, PermissionError):
+    """A server's CurveZMQ authenticator refused this process's key.
+
+    The message names the router or dispatcher and the refused public key.
+    ZeroMQ itself drops a refused connection without a word; cauldron_zmq
+    learns of it from a socket monitor (libzmq >= 4.3), so the caller gets
+    this instead of a timeout.
+    """
+
+    def __str__(self) -> str:   # OSError would show "[Errno ...]" for two arguments
         return str(self.args[0]) if self.args else ""
 
 
