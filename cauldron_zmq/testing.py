@@ -328,10 +328,14 @@ class ServiceHarness:
                 entries = rc.lookup(self.service)["dispatchers"]
         except CauldronError:
             return None
+        from .security import client_security
+        keys = client_security(self.config)
         ctx = zmq.Context.instance()
         for entry in entries:
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if keys is not None:
+                keys.apply(sock)
             try:
                 sock.connect(endpoint(entry["protocol"], entry["host"], entry["dispatch_port"],
                                       bind=False))
