@@ -191,6 +191,8 @@ def _whole(value: Any, label: str) -> int:
     The original Cauldron cast through ``int(float(value))``, which silently
     turned 2.5 into 2 and lost precision above 2**53.
     """
+    if type(value) is int:              # the common case, before the ABC checks below
+        return value
     value = _plain(value)
     if isinstance(value, bool):
         raise _fail(label, value, "is a boolean, not an integer")
