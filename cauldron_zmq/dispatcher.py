@@ -41,6 +41,7 @@ from .config import Config, endpoint, load_config
 from .errors import CauldronError, NoWriteNecessary, RouterError, TimeoutError
 from .keywords import Keyword, Snapshot
 from .persist import Persister, persist_path
+from .security import frame_property, server_security
 from .workers import KeyedExecutor, Scheduler
 
 __all__ = ["Service", "DEFAULT_DISPATCHER", "BindError"]
@@ -136,6 +137,9 @@ class Service:
         self._restored: Dict[str, Any] = {}
         self._own_router: Any = None
         self._ports: Optional[Tuple[int, int]] = None
+        self._security: Any = None       # security.ServerSecurity with [zmq-security] enable
+        self._auth: Any = None           # its ZAP authenticator (a thread of its own)
+        self._endpoints: Optional[Tuple[str, str]] = None
         if keywords is not None:
             from .keywordfile import load_keywords
             load_keywords(self, keywords)
@@ -230,6 +234,11 @@ class Service:
                 "broadcast": endpoint(zcfg.protocol, zcfg.host, bport, bind=False)}
 
     @property
+    def bound_endpoints(self) -> Optional[Tuple[str, str]]:
+        """The (ROUTER, PUB) endpoints actually bound (ZMQ_LAST_ENDPOINT); None before begin."""
+        return self._endpoints
+
+    @property
     def running(self) -> bool:
         return self._state == "running"
 
@@ -293,6 +302,9 @@ class Service:
     def _begin(self) -> None:
         self.started = time.time()
         self._context = zmq.Context()
+        self._security = server_security(self.config, "dispatcher")
+        if self._security is not None:
+            self._auth = self._security.start_authenticator(self._context)
         if any(kw.persist for kw in self._keywords.values()):
             path = persist_path(self.config.zmq.persist_dir, self.name, self.dispatcher)
             self._persister = Persister(path, self.log)
@@ -375,6 +387,9 @@ class Service:
         if self._own_router is not None:
             router, self._own_router = self._own_router, None
             router.stop()
+        if self._auth is not None:
+            auth, self._auth = self._auth, None
+            auth.stop()
         if self._context is not None:
             context, self._context = self._context, None
             if io_stopped:
@@ -538,15 +553,19 @@ class _IOThread:
         os.set_blocking(self._wfd, False)
         self._pipe_lock = threading.Lock()
         self._pipe_open = True
+        self._wake_pending = False
         self._router: Optional[zmq.Socket] = None
         self._pub: Optional[zmq.Socket] = None
         self._poller = zmq.Poller()
         self._gseq = 0
+        self._topics: Dict[str, bytes] = {}      # keyword name -> its broadcast topic
         self._next_heartbeat: Optional[float] = None
         self._ident: Optional[int] = None
         self._thread = threading.Thread(
             target=self._run, daemon=True, name=f"cauldron-{service.name}-{service.dispatcher}-io")
         self._max_size = self.config.zmq.max_message_size
+        self._malformed = protocol.Throttle()     # a peer sending garbage must not flood the log
+        self._client_key: Optional[str] = None    # who sent the request being handled (CURVE)
         self._handlers: Dict[str, Callable[[protocol.Request, List[bytes]], Optional[List[Any]]]] = {
             "read": self._on_read, "write": self._on_write, "list": self._on_list,
             "describe": self._on_describe, "identify": self._on_identify, "ping": self._on_ping,
@@ -558,9 +577,17 @@ class _IOThread:
         self._thread.start()
 
     def wake(self) -> None:
-        """One byte on the pipe; never blocks (a full pipe already means 'wake up')."""
-        if threading.get_ident() == self._ident:
+        """One byte on the pipe; never blocks (a full pipe already means 'wake up').
+
+        Skipped while a wake-up is already pending (written and not yet
+        drained): a burst of set() calls then costs one write(2), not one per
+        broadcast.  The I/O thread clears the flag before it drains the pipe
+        and then empties the queues, so nothing queued before a skipped write
+        is left behind.
+        """
+        if self._wake_pending or threading.get_ident() == self._ident:
             return
+        self._wake_pending = True
         with self._pipe_lock:
             if self._pipe_open:
                 try:
@@ -627,6 +654,7 @@ class _IOThread:
         return max(0, int((self._next_heartbeat - time.monotonic()) * 1000) + 1)
 
     def _drain_pipe(self) -> None:
+        self._wake_pending = False        # before draining: see wake()
         try:
             while os.read(self._rfd, 4096):
                 pass
@@ -635,11 +663,9 @@ class _IOThread:
 
     def _run_control(self) -> bool:
         """Bind/stop requests; True when asked to stop."""
-        while True:
-            try:
-                command, argument, box = self._control.get_nowait()
-            except queue.Empty:
-                return False
+        control = self._control
+        while not control.empty():       # one consumer: not empty means get() won't block
+            command, argument, box = control.get_nowait()   # (no queue.Empty raised per loop)
             if command == "stop":
                 if self._pub is not None:
                     self._flush()
@@ -652,6 +678,7 @@ class _IOThread:
                 box.finish(exc)
             else:
                 box.finish()
+        return False
 
     # --------------------------------------------------------------- sockets
 
@@ -670,7 +697,9 @@ class _IOThread:
         self._router, self._pub = router, pub
         self._poller.register(router, zmq.POLLIN)
         self._next_heartbeat = time.monotonic()      # first heartbeat right after the initial values
-        self.log.debug("bound %s and %s", router.last_endpoint, pub.last_endpoint)
+        self.svc._endpoints = (router.getsockopt_string(zmq.LAST_ENDPOINT),
+                               pub.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.log.debug("bound %s and %s", *self.svc._endpoints)
 
     def _open(self, ctx: zmq.Context, kind: int, port: int) -> zmq.Socket:
         zcfg = self.config.zmq
@@ -680,6 +709,8 @@ class _IOThread:
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.MAXMSGSIZE, zcfg.max_message_size)
             sock.setsockopt(zmq.RCVHWM, zcfg.hwm)
+        if self.svc._security is not None:
+            self.svc._security.apply(sock)
         address = endpoint(zcfg.protocol, zcfg.host, port, bind=True)
         try:
             sock.bind(address)
@@ -725,8 +756,14 @@ class _IOThread:
         payload = keyword.value_payload(snap)
         payload["gseq"] = self._gseq
         payload["dispatcher"] = self.svc.dispatcher
-        frames = protocol.encode_broadcast(
-            protocol.Broadcast(self.svc.name, keyword.name, payload, snap.raw))
+        topic = self._topics.get(keyword.name)
+        if topic is None:
+            topic = self._topics[keyword.name] = protocol.topic(self.svc.name, keyword.name)
+        try:
+            frames = protocol.broadcast_frames(topic, payload, snap.raw)
+        except (TypeError, ValueError) as exc:    # one bad value must not end the I/O thread
+            self.log.error("broadcast of %s not sent: %s", keyword.name, exc)
+            return
         try:
             _send_frames(self._pub, frames, snap.raw is None)
         except zmq.ZMQError as exc:
@@ -757,7 +794,11 @@ class _IOThread:
         for _ in range(BATCH):
             if not router.getsockopt(_EVENTS) & _POLLIN:
                 return
-            self._handle(_recv_frames(router))
+            if self.svc._security is None:
+                self._handle(_recv_frames(router))
+            else:
+                frames, self._client_key = _recv_frames_with_key(router)
+                self._handle(frames)
             if self._pub is not None:
                 self._flush()
 
@@ -768,7 +809,10 @@ class _IOThread:
         envelope, body = protocol.split_envelope(frames)
         req = protocol.decode_request(body, protocol.DISPATCHER_COMMANDS, self._max_size)
         if isinstance(req, protocol.Malformed):
-            self.log.warning("malformed request: %s [%s]", req.message, req.code)
+            log_it, unlogged = self._malformed.allow(time.monotonic())
+            if log_it:
+                self.log.warning("malformed request: %s [%s]%s", req.message, req.code,
+                                 f" ({unlogged} more not logged)" if unlogged else "")
             self._send(envelope + protocol.malformed_reply(req))
             return
         try:
@@ -842,6 +886,10 @@ class _IOThread:
 
     def _on_write(self, req: protocol.Request, envelope: List[bytes]) -> Optional[List[Any]]:
         kw = self._keyword(req)
+        if self.svc._security is not None:
+            refusal = self.svc._security.write_refusal(self.svc.name, kw.name, self._client_key)
+            if refusal is not None:
+                raise _Refusal(protocol.E_NOT_ALLOWED, PermissionError(refusal))
         if kw.readonly:
             raise _Refusal(protocol.E_READ_ONLY, ValueError(f"{kw.full_name} is read-only"))
         value = protocol.field_of(req.payload, "value", object)
@@ -883,6 +931,16 @@ def _send_frames(sock: zmq.Socket, frames: List[Any], copy: bool = True) -> None
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         sock.send(frame, _NB_MORE if i < last else _NB, copy=copy)
+
+
+def _recv_frames_with_key(sock: zmq.Socket) -> Tuple[List[bytes], Optional[str]]:
+    """_recv_frames, and the sender's CurveZMQ public key (z85, ZAP "User-Id")."""
+    first = sock.recv(_NB, copy=False)
+    key = frame_property(first, "User-Id") or None
+    frames = [first.bytes]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(sock.recv(_NB))
+    return frames, key
 
 
 def _recv_frames(sock: zmq.Socket) -> List[bytes]:

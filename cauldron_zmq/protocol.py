@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
@@ -120,6 +121,32 @@ class Malformed:
     id: str = ""
 
 
+class Throttle:
+    """At most ``burst`` events per ``period`` seconds; the rest are only counted.
+
+    Servers log malformed messages through one, so that a peer sending
+    garbage at full speed cannot fill the disk with log lines: ``allow(now)``
+    returns ``(log it, events not logged since the last one logged)``.
+    """
+
+    def __init__(self, burst: int = 10, period: float = 10.0) -> None:
+        self.burst = burst
+        self.period = period
+        self._window = float("-inf")
+        self._used = 0
+        self._dropped = 0
+
+    def allow(self, now: float) -> Tuple[bool, int]:
+        if now - self._window >= self.period:
+            self._window, self._used = now, 0
+        if self._used < self.burst:
+            self._used += 1
+            dropped, self._dropped = self._dropped, 0
+            return True, dropped
+        self._dropped += 1
+        return False, 0
+
+
 # --------------------------------------------------------------------------- ids
 
 _counter = itertools.count(1)
@@ -153,18 +180,80 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+# One encoder and one decoder for the process: json.dumps()/json.loads() with
+# non-default options build a new JSONEncoder/JSONDecoder on every call, which
+# was a measurable share of each request, reply and broadcast (scripts/bench).
+# Both are stateless between calls and safe to share between threads.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                            default=_json_default)
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+                                  default=_json_default)
+
+
+try:        # the C encoder JSONEncoder.encode() builds on each call, built once
+    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import encode_basestring as _encode_basestring
+except ImportError:  # pragma: no cover - CPython always has them
+    _c_make_encoder = None
+# No circular-reference check (markers=None): payloads are built by this package.
+_C_ENCODE = None if _c_make_encoder is None else _c_make_encoder(
+    None, _json_default, _encode_basestring, None, ":", ",", False, False, False)
+
+
 def dumps(obj: Any) -> bytes:
-    """Compact JSON; NaN is not JSON, so callers encode it (types.to_wire) first."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False, default=_json_default).encode("utf-8")
+    """Compact JSON; NaN is not JSON, so callers encode it (types.to_wire) first.
+
+    A string holding a lone UTF-16 surrogate (it cannot be UTF-8) is written
+    as a ``\\uXXXX`` escape instead of raising: encoding a reply or a
+    broadcast must never fail on its text.
+    """
+    try:
+        if _C_ENCODE is not None:
+            return "".join(_C_ENCODE(obj, 0)).encode("utf-8")
+        return _ENCODER.encode(obj).encode("utf-8")
+    except UnicodeEncodeError:
+        return _ASCII_ENCODER.encode(obj).encode("ascii")
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def loads(data: bytes) -> Any:
-    return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    """Strict JSON: also refuses nesting deeper than Python's recursion limit and
+    strings with a lone UTF-16 surrogate (``"\\ud800"``: not Unicode text, and
+    it could not be UTF-8 encoded again).  Every refusal is a ValueError."""
+    text = data.decode("utf-8")
+    try:
+        obj = _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _lone_surrogate(obj):
+        raise ValueError("a string holds a lone UTF-16 surrogate, which is not Unicode text")
+    return obj
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(obj: Any) -> bool:
+    """Whether a decoded value holds a surrogate code point (json pairs proper pairs)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _size(frames: Sequence[Any]) -> int:
@@ -353,9 +442,14 @@ def service_prefix(service: str) -> bytes:
 
 
 def encode_broadcast(b: Broadcast) -> List[bytes]:
-    frames = [topic(b.service, b.keyword), VERSION, dumps(b.payload)]
-    if b.raw is not None:
-        frames.append(b.raw)
+    return broadcast_frames(topic(b.service, b.keyword), b.payload, b.raw)
+
+
+def broadcast_frames(topic_frame: bytes, payload: Any, raw: Any = None) -> List[Any]:
+    """A broadcast's frames on an already-encoded :func:`topic` (publishers cache topics)."""
+    frames = [topic_frame, VERSION, dumps(payload)]
+    if raw is not None:
+        frames.append(raw)
     return frames
 
 

@@ -39,8 +39,11 @@ import zmq
 from . import __version__
 from . import protocol
 from .config import Config, endpoint, load_config
-from .errors import (CauldronError, ConfigurationError, ProtocolError, RouterError,
-                     TimeoutError, remote_exception)
+from .errors import (AuthenticationError, CauldronError, ConfigurationError, ProtocolError,
+                     RouterError, TimeoutError, remote_exception)
+from .security import (FAILED, HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security,
+                       frame_property, handshake_event, loopback, refused_message,
+                       server_security)
 
 __all__ = [
     "Book",
@@ -690,6 +693,11 @@ class Router:
         self._tmpdir: Optional[tempfile.TemporaryDirectory] = None
         self._saved_revision = -1
         self._started = 0.0
+        #: The endpoint actually bound (ZMQ_LAST_ENDPOINT), while serving in-process.
+        self.endpoint: Optional[str] = None
+        self._security: Any = None        # security.ServerSecurity with [zmq-security] enable
+        self._peer: Any = None            # first frame of the request being answered
+        self._malformed = protocol.Throttle()   # a peer sending garbage must not flood the log
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -774,8 +782,12 @@ class Router:
         self._serving_ident = threading.get_ident()
         context = zmq.Context()
         sock: Optional[zmq.Socket] = None
+        auth: Any = None
         linger = 0
         try:
+            self._security = server_security(self.config, "router")
+            if self._security is not None:
+                auth = self._security.start_authenticator(context)
             self.book = self._load_book()
             sock = self._bind(context)
             self._started = time.time()
@@ -793,6 +805,8 @@ class Router:
                 if sock is not None:
                     self._save(final=True)
                     sock.close(linger=linger)
+                if auth is not None:
+                    auth.stop()
                 context.term()
             finally:
                 self._serving_ident = None
@@ -923,12 +937,15 @@ class Router:
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.zmq.max_message_size)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if self._security is not None:
+            self._security.apply(sock)
         try:
             sock.bind(self.bind_address)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             reason = zmq.strerror(exc.errno)   # exc.strerror may append the address again
             raise RouterBindError(f"cannot bind {self.bind_address}: {reason}") from None
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return sock
 
     def _loop(self, sock: zmq.Socket) -> bool:
@@ -949,7 +966,9 @@ class Router:
     def _drain(self, sock: zmq.Socket) -> bool:
         """Handle what is queued (up to BATCH); asking EVENTS is cheaper than zmq.Again."""
         for _ in range(BATCH):
-            if self._handle(sock, sock.recv_multipart(zmq.NOBLOCK)):
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            self._peer = frames[0]      # its properties say who sent it (see _shutdown_refusal)
+            if self._handle(sock, [frame.bytes for frame in frames]):
                 return True
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return False
@@ -964,8 +983,11 @@ class Router:
         req = protocol.decode_request(body, protocol.ROUTER_COMMANDS,
                                       self.config.zmq.max_message_size)
         if isinstance(req, protocol.Malformed):
-            log.warning("malformed request from peer %s: %s [%s]",
-                        envelope[0].hex()[:16], req.message, req.code)
+            log_it, unlogged = self._malformed.allow(time.monotonic())
+            if log_it:
+                log.warning("malformed request from peer %s: %s [%s]%s", envelope[0].hex()[:16],
+                            req.message, req.code,
+                            f" ({unlogged} more not logged)" if unlogged else "")
             self._send(sock, envelope + protocol.malformed_reply(req))
             return False
         log.log(TRACE, "request %s %s %r %.200s", req.id, req.command, req.target, req.payload)
@@ -983,6 +1005,11 @@ class Router:
                 return protocol.ok(req.id, {"version": __version__, "pid": os.getpid(),
                                             "uptime": now - self._started}), False
             if req.command == "shutdown":
+                refusal = self._shutdown_refusal()
+                if refusal is not None:
+                    log.warning("%s", refusal)
+                    return protocol.error(req.id, protocol.E_NOT_ALLOWED, refusal,
+                                          REFUSAL_TYPE), False
                 log.log(NOTICE, "shutdown requested")
                 return protocol.ok(req.id, {}), True
             result = self.book.handle(req.command, req.target, req.payload, now=now)
@@ -996,6 +1023,24 @@ class Router:
             log.exception("internal error answering %s %r", req.command, req.target)
             return protocol.error(req.id, protocol.E_INTERNAL,
                                   f"{type(exc).__name__}: {exc}", type(exc).__name__), False
+
+    def _shutdown_refusal(self) -> Optional[str]:
+        """Why the sender of this ``shutdown`` may not stop the router; None if it may.
+
+        With security: only the keys of ``[zmq-security] admins``.  Without:
+        only peers on this host (loopback, or ipc whose file permissions
+        already say who may connect).
+        """
+        if self._security is not None:
+            return self._security.admin_refusal(frame_property(self._peer, "User-Id") or None)
+        if self.config.router.protocol == "ipc":
+            return None
+        peer = frame_property(self._peer, "Peer-Address")
+        if loopback(peer):
+            return None
+        return ("shutdown refused: without [zmq-security] the router accepts shutdown only "
+                "from its own host (loopback); this request came from "
+                f"{peer or 'an unknown address'}")
 
     def _send(self, sock: zmq.Socket, frames: List[bytes]) -> None:
         try:
@@ -1070,7 +1115,10 @@ class RouterClient:
         self.timeout = int(timeout if timeout is not None else self.config.router.timeout)
         self._context = context if context is not None else zmq.Context.instance()
         self._max_size = self.config.zmq.max_message_size
+        self._security = client_security(self.config)
         self._socket: Optional[zmq.Socket] = None
+        self._monitor: Optional[zmq.Socket] = None   # handshake events of _socket
+        self._handshake_error = ""
         self._closed = False
 
     def request(self, command: str, target: str = "", payload: Any = None,
@@ -1092,8 +1140,7 @@ class RouterClient:
             return self._timed_out(command, target, timeout)
         deadline = time.monotonic() + timeout / 1000.0
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000))):
+            if not self._wait(sock, deadline):
                 return self._timed_out(command, target, timeout)
             reply = protocol.decode_reply(sock.recv_multipart(), self._max_size)
             if reply.id != req.id:
@@ -1119,23 +1166,76 @@ class RouterClient:
                                 f"{type(reply.payload).__name__}, not an object")
         return reply.payload
 
+    def _wait(self, sock: zmq.Socket, deadline: float) -> bool:
+        """True once a reply waits; meanwhile, a refused handshake raises."""
+        monitor = self._monitor
+        if monitor is None:
+            remaining = deadline - time.monotonic()
+            return remaining > 0 and bool(sock.poll(max(1, int(remaining * 1000))))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            events = dict(poller.poll(max(1, int(remaining * 1000))))
+            if monitor in events:
+                self._handshake_events(monitor)
+            if sock in events:
+                return True
+
+    def _handshake_events(self, monitor: zmq.Socket) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind, text = handshake_event(event, self._security is not None)
+            if kind == REFUSED:
+                self._reset()    # libzmq does not retry a refused handshake; a new socket will
+                raise AuthenticationError(refused_message(f"the router at {self.address}",
+                                                          self._security))
+            if kind == FAILED:
+                self._handshake_error = text
+            elif kind == SUCCEEDED:
+                self._handshake_error = ""
+
     def _timed_out(self, command: str, target: str, timeout: int) -> Dict[str, Any]:
         self._reset()
         what = f"{command} {target!r}" if target else command
+        hint = ""
+        if self._handshake_error:
+            hint = f"; the connection's handshake failed: {self._handshake_error}"
+        elif self._security is not None and not HANDSHAKE_EVENTS:
+            hint = ("; with [zmq-security] enabled, the router's authenticator may have "
+                    "refused this client's key")
         raise TimeoutError(f"no answer from the router at {self.address} within "
-                           f"{timeout} ms ({what})")
+                           f"{timeout} ms ({what}){hint}")
 
     def _sock(self) -> zmq.Socket:
         if self._socket is None:
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_size)
+            if self._security is not None:
+                self._security.apply(sock)
+            if HANDSHAKE_EVENTS:
+                self._monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
             sock.connect(self.address)
             self._socket = sock
         return self._socket
 
     def _reset(self) -> None:
         if self._socket is not None:
+            if self._monitor is not None:
+                try:
+                    self._socket.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+                self._monitor.close(linger=0)
+                self._monitor = None
             self._socket.close(linger=0)
             self._socket = None
 
@@ -1223,7 +1323,7 @@ def main(config_path: Optional[str], verbose: int) -> None:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         router.serve()
-    except RouterBindError as exc:
+    except (RouterBindError, ConfigurationError) as exc:   # a key file of [zmq-security]
         _fail(str(exc))
     finally:
         for sig, handler in previous.items():

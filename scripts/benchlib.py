@@ -1,0 +1,1200 @@
+"""The machinery of ``scripts/bench``: processes, roles, measurements, report.
+
+Not part of the package: nothing here is imported by ``cauldron_zmq``.  The
+bench runs this project and bare pyzmq side by side, in the same run, on
+loopback, and reports each figure with its ratio to the bare one.
+``docs/benchmarks.rst`` says what is measured and how.
+
+Subprocess roles (``scripts/bench --role NAME ...``):
+
+* ``echo``: the bare server.  A ROUTER that answers every request with reply
+  frames captured beforehand from the real server (same sizes, request id
+  copied), and a PUB that publishes, after a reply, the broadcast the real
+  server would have published, plus ``prime``/``burst`` commands for the
+  broadcast measures.  No decoding, no JSON: the floor set by pyzmq.
+* ``dispatcher``: a ``DFW.Service`` with the bench's keywords, including
+  ``BURST``, whose write hook calls ``set()`` N times on a counter keyword,
+  so broadcasts are driven from inside the dispatcher process.
+* ``sub``: one subscriber of the pool (its own process and SUB socket),
+  steered by the bench over a DEALER.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import zmq
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "scripts", "bench")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+VERSION = b"CZMQ1"
+SERVICE = "bench"            # the bench dispatcher's service
+BARE_SERVICE = "bare0"       # topics of the bare publisher (same length as SERVICE)
+RECOVERY_SERVICE = "recov"
+MEMORY_SERVICE = "memsvc"
+SUBSCRIBERS = 10
+COUNTERS = 64                # counted keywords C0000..C0063: one per broadcast run
+WARMUP = 200
+BLOCK = 100                  # operations per block when interleaving measures
+SECTIONS = ("startup", "memory", "router", "roundtrip", "broadcast", "recovery")
+
+# A bare pyzmq ROUTER "echo" script: what start-up time and memory compare
+# against.  It imports zmq and nothing else.
+BARE_ECHO = textwrap.dedent("""
+    import sys, zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind("tcp://127.0.0.1:%s" % sys.argv[1])
+    while True:
+        f = sock.recv_multipart()
+        sock.send_multipart([f[0], b"CZMQ1", f[2], b"ok", b"{}"])
+""")
+
+
+class BenchError(RuntimeError):
+    """Something the bench needs did not happen (a process died, a wait expired)."""
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# =============================================================================
+# Processes
+# =============================================================================
+
+def child_env() -> Dict[str, str]:
+    """Children import this checkout's cauldron_zmq and no configuration from the user."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.pop("CAULDRON_ZMQ_CONFIG", None)
+    return env
+
+
+def console_script(name: str, module: str) -> List[str]:
+    """The installed console script next to this interpreter, else ``python -m``."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(path, os.X_OK):
+        return [path]
+    found = shutil.which(name)
+    return [found] if found else [sys.executable, "-m", module]
+
+
+class Processes:
+    """Every subprocess the bench starts: each in its own process group, all killed at the end."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._procs: List[subprocess.Popen] = []
+        self._serial = 0
+        self.started: List[int] = []      # pids of every process started, for the report
+
+    def spawn(self, name: str, cmd: Sequence[str]) -> subprocess.Popen:
+        self._serial += 1
+        path = os.path.join(self.directory, f"{self._serial:02d}-{name}.log")
+        with open(path, "wb") as out:
+            proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=child_env(),
+                                    cwd=self.directory, start_new_session=True)
+        proc.log_path = path          # type: ignore[attr-defined]
+        proc.bench_name = name        # type: ignore[attr-defined]
+        self._procs.append(proc)
+        self.started.append(proc.pid)
+        return proc
+
+    @staticmethod
+    def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 5.0) -> None:
+        """Signal the process group; SIGKILL it if it is still there after ``timeout``.
+
+        The group is only signalled while its leader is not reaped, so its id
+        cannot have been reused by a process that is not ours.
+        """
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait(5)
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 3.0) -> None:
+        self.kill(proc, signal.SIGTERM, timeout)
+
+    def close(self) -> None:
+        for proc in reversed(self._procs):
+            try:
+                self.stop(proc, 2.0)
+            except Exception:  # noqa: BLE001 - clean up the others regardless
+                pass
+        self._procs.clear()
+
+    @staticmethod
+    def tail(proc: subprocess.Popen, lines: int = 15) -> str:
+        try:
+            with open(proc.log_path, "rb") as stream:   # type: ignore[attr-defined]
+                text = stream.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_for_log(self, proc: subprocess.Popen, pattern: str, timeout: float) -> "re.Match[str]":
+        """Until the process's output matches ``pattern``; BenchError if it dies or time runs out."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(proc.log_path, "rb") as stream:   # type: ignore[attr-defined]
+                match = regex.search(stream.read().decode("utf-8", "replace"))
+            if match:
+                return match
+            if proc.poll() is not None:
+                raise BenchError(f"{proc.bench_name} exited with status {proc.returncode}:\n"  # type: ignore[attr-defined]
+                                 f"{self.tail(proc)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{proc.bench_name} not ready within {timeout} s:\n"  # type: ignore[attr-defined]
+                                 f"{self.tail(proc)}")
+            time.sleep(0.01)
+
+
+def vmrss_kb(pid: int) -> int:
+    """Resident memory of a process (VmRSS from /proc/PID/status), in kB."""
+    with open(f"/proc/{pid}/status") as stream:
+        for line in stream:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+# =============================================================================
+# Measuring
+# =============================================================================
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, int(math.ceil(q / 100.0 * len(ordered))))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def interleaved(ops: Dict[str, Callable[[], Any]], count: int, block: int = BLOCK,
+                warmup: int = WARMUP) -> Dict[str, List[float]]:
+    """Latencies (us) of ``count`` calls of each op, run in alternating blocks.
+
+    Interleaving puts this project and its bare baseline under the same
+    background load (the machine is shared), so their ratio is steadier than
+    either figure.
+    """
+    for op in ops.values():
+        for _ in range(min(warmup, max(5, count // 5))):
+            op()
+    out: Dict[str, List[float]] = {name: [] for name in ops}
+    clock = time.perf_counter_ns
+    done = 0
+    while done < count:
+        n = min(block, count - done)
+        for name, op in ops.items():
+            lat = out[name]
+            for _ in range(n):
+                t0 = clock()
+                op()
+                lat.append((clock() - t0) / 1000.0)
+        done += n
+    return out
+
+
+def latency(lat: Sequence[float]) -> Dict[str, float]:
+    return {"count": len(lat), "median_us": statistics.median(lat),
+            "p99_us": percentile(lat, 99), "ops_per_s": len(lat) / (sum(lat) / 1e6)}
+
+
+class RawDealer:
+    """The bare client: pre-encoded request frames, a DEALER, nothing else."""
+
+    def __init__(self, context: zmq.Context, address: str, hwm: int = 1000) -> None:
+        self.sock = context.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, hwm)
+        self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self.sock.connect(address)
+
+    def round_trip(self, frames: List[bytes], timeout_ms: int = 10000) -> List[bytes]:
+        self.sock.send_multipart(frames)
+        if not self.sock.poll(timeout_ms):
+            raise BenchError("no answer within %d ms" % timeout_ms)
+        return self.sock.recv_multipart()
+
+    def final(self, frames: List[bytes], timeout_ms: int = 60000) -> List[bytes]:
+        """A round trip that skips the dispatcher's ``ack``."""
+        self.sock.send_multipart(frames)
+        deadline = time.monotonic() + timeout_ms / 1000.0
+        while True:
+            remaining = int((deadline - time.monotonic()) * 1000)
+            if remaining <= 0 or not self.sock.poll(remaining):
+                raise BenchError("no final answer within %d ms" % timeout_ms)
+            reply = self.sock.recv_multipart()
+            if reply[2] != b"ack":
+                return reply
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+def request(command: str, target: str = "", payload: Any = None, raw: Optional[bytes] = None,
+            rid: Optional[str] = None) -> List[bytes]:
+    from cauldron_zmq import protocol
+    return protocol.encode_request(protocol.request(command, target, {} if payload is None
+                                                    else payload, raw=raw, id=rid))
+
+
+def ping_until_answer(context: zmq.Context, address: str, deadline: float,
+                      proc: Optional[subprocess.Popen] = None) -> float:
+    """Monotonic time of the first answer to a ping at ``address``.
+
+    The DEALER reconnects every 2 ms, so the answer comes within a few ms of
+    the server binding; the ping is re-sent every 100 ms in case it was lost.
+    """
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, 2)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
+    sock.connect(address)
+    frames = request("ping", rid="bench-ping")
+    try:
+        while True:
+            sock.send_multipart(frames)
+            resend = time.monotonic() + 0.1
+            while time.monotonic() < resend:
+                if sock.poll(2):
+                    sock.recv_multipart()
+                    return time.monotonic()
+                if proc is not None and proc.poll() is not None:
+                    raise BenchError(f"{proc.bench_name} exited with status "  # type: ignore[attr-defined]
+                                     f"{proc.returncode}:\n{Processes.tail(proc)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"nothing answered a ping at {address}")
+    finally:
+        sock.close(0)
+
+
+# =============================================================================
+# Subprocess roles
+# =============================================================================
+
+def role_echo(port: int, pub_port: int, canned_path: str, hwm: int) -> None:
+    """The bare server (see the module docstring).  Canned replies are keyed by (command, target)."""
+    with open(canned_path) as stream:
+        data = json.load(stream)
+    canned: Dict[Tuple[bytes, bytes], Tuple[List[bytes], Optional[List[bytes]]]] = {}
+    for row in data["replies"]:
+        reply = [row["status"].encode(), row["payload"].encode()]
+        pub = [part.encode("latin-1") for part in row["pub"]] if row.get("pub") else None
+        canned[(row["command"].encode(), row["target"].encode())] = (reply, pub)
+    burst_payload = data["burst_payload"].encode()
+    default = ([b"ok", b"{}"], None)
+    context = zmq.Context()
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.setsockopt(zmq.SNDHWM, hwm)
+    pub.bind(f"tcp://127.0.0.1:{pub_port}")
+    print("echo ready", flush=True)
+    try:
+        while True:
+            f = sock.recv_multipart()
+            reply, broadcast = canned.get((f[3], f[4]), default)
+            if reply is default[0]:
+                command = f[3]
+                if command == b"quit":
+                    sock.send_multipart([f[0], VERSION, f[2], b"ok", b"{}"])
+                    break
+                if command == b"prime":                      # target: the topic
+                    pub.send_multipart([f[4], VERSION, b"{}"])
+                elif command == b"burst":                    # target: topic, payload: count
+                    frames = [f[4], VERSION, burst_payload]
+                    send = pub.send_multipart
+                    for _ in range(int(f[5])):
+                        send(frames)
+            sock.send_multipart([f[0], VERSION, f[2]] + reply)
+            if broadcast is not None:
+                pub.send_multipart(broadcast)
+    finally:
+        sock.close(linger=200)
+        pub.close(linger=0)
+        context.term()
+
+
+def role_dispatcher(config_path: str, service: str) -> None:
+    """The bench dispatcher: round-trip keywords, PRIME, BURST and counters."""
+    from cauldron_zmq import DFW
+
+    class Burst(DFW.String):
+        """Writing "C0003 20000" sets C0003 20000 times, from this (worker) thread."""
+
+        def write(self, value: str) -> None:
+            name, count = value.split()[:2]
+            counter = self.service[name]
+            start = counter.value or 0
+            for i in range(start + 1, start + int(count) + 1):
+                counter.set(i)
+
+    def setup(svc: Any) -> None:
+        for name in ("READV", "WSAME", "WCHG"):
+            DFW.Double(name, svc, initial=1.5)
+        DFW.Integer("PRIME", svc, initial=0)
+        Burst("BURST", svc, initial="idle")
+        for i in range(COUNTERS):
+            DFW.Integer(f"C{i:04d}", svc, initial=0)
+
+    def ready(svc: Any) -> None:
+        print("bench dispatcher ready " + json.dumps(svc.address), flush=True)
+
+    DFW.Service(service, config=config_path, setup=setup).serve_forever(ready=ready)
+
+
+def role_sub(control: str, publishers: List[str], hwm: int, index: int) -> None:
+    """One subscriber of the pool.  Idle (subscribed to nothing) until told to run.
+
+    A run: subscribe to the prime and counted topics; say ``ready`` at the
+    first prime message (the subscription has reached the publisher); count
+    counted messages until all arrived, or nothing came for ``idle`` s, or
+    the deadline; report; unsubscribe.
+    """
+    context = zmq.Context()
+    ctl = context.socket(zmq.DEALER)
+    ctl.setsockopt(zmq.LINGER, 200)
+    ctl.setsockopt(zmq.IDENTITY, f"sub{index}".encode())
+    ctl.connect(control)
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, hwm)
+    for address in publishers:
+        sub.connect(address)
+    poller = zmq.Poller()
+    poller.register(ctl, zmq.POLLIN)
+    poller.register(sub, zmq.POLLIN)
+    ctl.send_json({"op": "hello", "index": index})
+    run: Optional[Dict[str, Any]] = None
+    prime = count_topic = b""
+    received = 0
+    ready = False
+    t_first = t_last = 0.0
+    NB = zmq.NOBLOCK
+    clock = time.monotonic
+
+    def finish() -> None:
+        nonlocal run
+        ctl.send_json({"op": "result", "index": index, "received": received,
+                       "t_first": t_first, "t_last": t_last})
+        sub.setsockopt(zmq.UNSUBSCRIBE, prime)
+        sub.setsockopt(zmq.UNSUBSCRIBE, count_topic)
+        run = None
+
+    try:
+        while True:
+            events = dict(poller.poll(50))
+            if ctl in events:
+                msg = ctl.recv_json()
+                if msg["op"] == "quit":
+                    return
+                run = msg
+                prime, count_topic = msg["prime"].encode("latin-1"), msg["topic"].encode("latin-1")
+                received, ready, t_first, t_last = 0, False, 0.0, 0.0
+                run["deadline"] = clock() + float(msg["timeout"])
+                sub.setsockopt(zmq.SUBSCRIBE, prime)
+                sub.setsockopt(zmq.SUBSCRIBE, count_topic)
+            if sub in events:
+                while True:
+                    try:
+                        frames = sub.recv_multipart(NB)
+                    except zmq.Again:
+                        break
+                    if run is None:
+                        continue
+                    topic = frames[0]
+                    if topic == count_topic:
+                        received += 1
+                        t_last = clock()
+                        if received == 1:
+                            t_first = t_last
+                        if received >= run["n"]:
+                            finish()
+                    elif topic == prime and not ready:
+                        ready = True
+                        ctl.send_json({"op": "ready", "index": index})
+            if run is not None:
+                now = clock()
+                if now > run["deadline"] or (received and now - t_last > run["idle"]):
+                    finish()
+    finally:
+        ctl.close()
+        sub.close()
+        context.term()
+
+
+def run_role(argv: List[str]) -> None:
+    role, args = argv[0], argv[1:]
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # clean exit on SIGTERM
+    try:
+        if role == "echo":
+            role_echo(int(args[0]), int(args[1]), args[2], int(args[3]))
+        elif role == "dispatcher":
+            role_dispatcher(args[0], args[1])
+        elif role == "sub":
+            role_sub(args[0], json.loads(args[1]), int(args[2]), int(args[3]))
+        else:
+            raise SystemExit(f"unknown role {role!r}")
+    except KeyboardInterrupt:
+        pass
+
+
+# =============================================================================
+# The environment: configuration, shared servers
+# =============================================================================
+
+class Env:
+    """Temporary directory, configuration and the servers several sections share.
+
+    Servers are started on first use: the router (``Cauldron-router-zmq``),
+    the bench dispatcher, the bare echo server and the subscriber pool.
+    """
+
+    def __init__(self, quick: bool) -> None:
+        from cauldron_zmq.config import config_from_mapping
+        from cauldron_zmq.testing import free_port, free_ports
+        self.quick = quick
+        self._tmp = tempfile.TemporaryDirectory(prefix="cauldron-bench-")
+        self.dir = self._tmp.name
+        self.procs = Processes(self.dir)
+        self.context = zmq.Context()
+        self.free_port = free_port
+        self.free_ports = free_ports
+        router_port = free_port()
+        first = free_ports(2 * 16, consecutive=True)[0]
+        self.config_data = {
+            "zmq": {"host": "127.0.0.1", "persist-dir": os.path.join(self.dir, "persist")},
+            "zmq-router": {"host": "127.0.0.1", "port": router_port, "first-port": first,
+                           "last-port": first + 31, "allow-spawn": False},
+        }
+        self.config = config_from_mapping(self.config_data, source="bench")
+        self.config_path = self.write_config("bench.toml", self.config)
+        self.hwm = self.config.zmq.hwm
+        self._router: Optional[subprocess.Popen] = None
+        self._dispatcher: Optional[Dict[str, Any]] = None
+        self._echo: Optional[Dict[str, Any]] = None
+        self._subs: Optional[Dict[str, Any]] = None
+        self.canned: Dict[str, Any] = {"replies": [], "burst_payload": "{}"}
+
+    def write_config(self, name: str, config: Any) -> str:
+        path = os.path.join(self.dir, name)
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(config.to_toml())
+        return path
+
+    def close(self) -> None:
+        try:
+            if self._subs is not None:
+                for ident in self._subs["ids"]:
+                    try:
+                        self._subs["ctl"].send_multipart([ident, b'{"op": "quit"}'], zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass
+                self._subs["ctl"].close(linger=100)
+            if self._echo is not None:
+                self._echo["raw"].close()
+            if self._dispatcher is not None:
+                self._dispatcher["raw"].close()
+        finally:
+            self.procs.close()
+            self.context.destroy(linger=0)
+            self._tmp.cleanup()
+
+    # ------------------------------------------------------------- servers
+    def router(self) -> subprocess.Popen:
+        if self._router is None:
+            proc = self.procs.spawn("router", console_script("Cauldron-router-zmq",
+                                                             "cauldron_zmq.router")
+                                    + ["-c", self.config_path])
+            ping_until_answer(self.context, self.config.router_address(),
+                              time.monotonic() + 30, proc)
+            self._router = proc
+        return self._router
+
+    def dispatcher(self) -> Dict[str, Any]:
+        """The bench dispatcher, registered with the router: its ports and a raw DEALER."""
+        if self._dispatcher is None:
+            self.router()
+            proc = self.procs.spawn("dispatcher", [sys.executable, BENCH, "--role", "dispatcher",
+                                                   self.config_path, SERVICE])
+            match = self.procs.wait_for_log(proc, r"bench dispatcher ready (\{.*\})", 60)
+            address = json.loads(match.group(1))
+            raw = RawDealer(self.context, address["dispatch"], self.hwm)
+            self._dispatcher = {"proc": proc, "address": address, "raw": raw}
+        return self._dispatcher
+
+    def echo(self) -> Dict[str, Any]:
+        """The bare server, answering with what the real servers answered (capture first)."""
+        if self._echo is None:
+            self.capture()
+            port, pub_port = self.free_ports(2)
+            path = os.path.join(self.dir, "canned.json")
+            with open(path, "w") as stream:
+                json.dump(self.canned, stream)
+            proc = self.procs.spawn("echo", [sys.executable, BENCH, "--role", "echo", str(port),
+                                             str(pub_port), path, str(self.hwm)])
+            self.procs.wait_for_log(proc, r"echo ready", 30)
+            address = f"tcp://127.0.0.1:{port}"
+            raw = RawDealer(self.context, address, self.hwm)
+            raw.round_trip(request("ping"))
+            self._echo = {"proc": proc, "port": port, "pub_port": pub_port, "address": address,
+                          "broadcast": f"tcp://127.0.0.1:{pub_port}", "raw": raw}
+        return self._echo
+
+    def capture(self) -> None:
+        """Record the real servers' answers, for the echo server to replay."""
+        from cauldron_zmq import protocol
+        from cauldron_zmq.router import RouterClient
+        disp = self.dispatcher()
+        raw = disp["raw"]
+        replies = []
+
+        def keep(command: str, target: str, frames: List[bytes],
+                 pub: Optional[List[bytes]] = None) -> Dict[str, Any]:
+            row = {"command": command, "target": target, "status": frames[2].decode(),
+                   "payload": frames[3].decode(), "pub": None}
+            if pub is not None:
+                row["pub"] = [part.decode("latin-1") for part in pub]
+            replies.append(row)
+            return row
+
+        keep("read", "READV", raw.round_trip(request("read", "READV")))
+        keep("write", "WSAME", raw.round_trip(request("write", "WSAME", {"value": 1.5})))
+        changed = raw.round_trip(request("write", "WCHG", {"value": 2.5}))
+        raw.round_trip(request("write", "WCHG", {"value": 1.5}))
+        payload = json.loads(changed[3])
+        payload.pop("changed", None)
+        payload.update({"gseq": 1000 + payload["seq"], "dispatcher": "default"})
+        keep("write", "WCHG", changed, [protocol.topic(SERVICE, "WCHG"), VERSION,
+                                        protocol.dumps(payload)])
+        keep("list", "", raw.round_trip(request("list")))
+        for name in ("READV", "WSAME", "WCHG"):
+            keep("describe", name, raw.round_trip(request("describe", name)))
+        with RouterClient(self.config, context=self.context) as client:
+            lookup = client.lookup(SERVICE)
+            register = client.register("benchreg", "r0", "127.0.0.1")
+        replies.append({"command": "lookup", "target": SERVICE, "status": "ok",
+                        "payload": protocol.dumps(lookup).decode(), "pub": None})
+        replies.append({"command": "register", "target": "benchreg", "status": "ok",
+                        "payload": protocol.dumps(register).decode(), "pub": None})
+        # What the dispatcher publishes for a counter in the middle of a burst.
+        sample = {"keyword": "C0000", "value": 12345, "ascii": "12345", "time": time.time(),
+                  "seq": 12346, "gseq": 24690, "dispatcher": "default"}
+        self.canned = {"replies": replies, "burst_payload": protocol.dumps(sample).decode()}
+
+    def subscribers(self) -> Dict[str, Any]:
+        """The pool: SUBSCRIBERS processes, each connected to both publishers, subscribed to nothing."""
+        if self._subs is None:
+            disp, echo = self.dispatcher(), self.echo()
+            ctl = self.context.socket(zmq.ROUTER)
+            ctl.setsockopt(zmq.LINGER, 0)
+            port = ctl.bind_to_random_port("tcp://127.0.0.1")
+            publishers = json.dumps([disp["address"]["broadcast"], echo["broadcast"]])
+            procs = [self.procs.spawn(f"sub{i}", [sys.executable, BENCH, "--role", "sub",
+                                                  f"tcp://127.0.0.1:{port}", publishers,
+                                                  str(self.hwm), str(i)])
+                     for i in range(SUBSCRIBERS)]
+            hello = set()
+            deadline = time.monotonic() + 60
+            while len(hello) < SUBSCRIBERS:
+                if ctl.poll(100):
+                    ident, body = ctl.recv_multipart()
+                    if json.loads(body)["op"] == "hello":
+                        hello.add(ident)
+                for proc in procs:
+                    if proc.poll() is not None:
+                        raise BenchError(f"subscriber exited:\n{Processes.tail(proc)}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"only {len(hello)} of {SUBSCRIBERS} subscribers started")
+            self._subs = {"ctl": ctl, "ids": [f"sub{i}".encode() for i in range(SUBSCRIBERS)],
+                          "procs": procs, "runs": 0}
+        return self._subs
+
+
+# =============================================================================
+# Figures
+# =============================================================================
+
+class Report:
+    """Figures (this project vs bare pyzmq) and diagnostics, for the table and the JSON."""
+
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.figures: List[Dict[str, Any]] = []
+        self.diagnostics: List[Dict[str, Any]] = []
+        self.notes: List[str] = []
+
+    def figure(self, fid: str, label: str, unit: str, project: float, bare: Optional[float],
+               *, better: str = "lower", bar: Optional[float] = None, bar_on: str = "ratio",
+               **extra: Any) -> None:
+        """One figure.  ``bar`` is the aim, on the ratio (or, ``bar_on="value"``, on the
+        project's own figure, e.g. 0 messages lost); ``better`` says which way is good."""
+        ratio = None if bare is None or not bare else project / bare
+        meets = None
+        measured = ratio if bar_on == "ratio" else project
+        if bar is not None and measured is not None:
+            meets = measured <= bar if better == "lower" else measured >= bar
+        row = {"id": fid, "figure": label, "unit": unit, "project": project, "bare": bare,
+               "ratio": ratio, "better": better, "bar": bar, "bar_on": bar_on,
+               "meets_bar": meets}
+        row.update(extra)
+        self.figures.append(row)
+
+    def diagnostic(self, label: str, unit: str, value: float, reference: Optional[float],
+                   reference_label: str = "") -> None:
+        self.diagnostics.append({"figure": label, "unit": unit, "value": value,
+                                 "reference": reference, "reference_label": reference_label,
+                                 "ratio": value / reference if reference else None})
+
+    def to_json(self, meta: Dict[str, Any]) -> Dict[str, Any]:
+        return dict(meta, figures=self.figures, diagnostics=self.diagnostics, notes=self.notes)
+
+
+def _fmt(value: Optional[float], unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit in ("us", "ms"):
+        return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
+    if unit == "MB":
+        return f"{value:.1f} MB"
+    if unit in ("msgs/s", "ops/s"):
+        return f"{value:,.0f} {unit}"
+    return f"{value:g} {unit}".strip()
+
+
+def _ratio(ratio: Optional[float]) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}"
+
+
+def table(report: Dict[str, Any]) -> str:
+    rows = [("figure", "this project", "bare pyzmq", "ratio", "bar")]
+    for f in report["figures"]:
+        bar = ""
+        if f["bar"] is not None:
+            sign = "<=" if f["better"] == "lower" else ">="
+            what = "x" if f.get("bar_on", "ratio") == "ratio" else ""
+            bar = f"{sign} {f['bar']:g}{what} " + ("ok" if f["meets_bar"] else "SHORT")
+        rows.append((f["figure"], _fmt(f["project"], f["unit"]), _fmt(f["bare"], f["unit"]),
+                     _ratio(f["ratio"]), bar))
+    lines = [
+        f"cauldron_zmq {report['version']} vs bare pyzmq -- python {report['python']}, "
+        f"pyzmq {report['pyzmq']}, libzmq {report['libzmq']}, {report['cpus']} CPUs, "
+        f"load {report['load'][0]:.2f} at start; {'QUICK (small counts)' if report['quick'] else 'full run'}",
+        "ratio = this project / bare pyzmq (lower is better for times and memory, "
+        "higher for rates)", ""]
+    lines += _columns(rows)
+    if report["diagnostics"]:
+        lines += ["", "Where the time goes (one side replaced by its bare counterpart):"]
+        drows = [("measure", "value", "reference", "ratio")]
+        for d in report["diagnostics"]:
+            ref = _fmt(d["reference"], d["unit"])
+            if d["reference_label"]:
+                ref += f" ({d['reference_label']})"
+            drows.append((d["figure"], _fmt(d["value"], d["unit"]), ref, _ratio(d["ratio"])))
+        lines += _columns(drows)
+    if report["notes"]:
+        lines += [""] + [f"* {note}" for note in report["notes"]]
+    return "\n".join(lines)
+
+
+def _columns(rows: List[Tuple[str, ...]]) -> List[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+# =============================================================================
+# Sections
+# =============================================================================
+
+def section_startup(env: Env, report: Report, repeats: int) -> None:
+    """Launch to first answered ping: Cauldron-router-zmq vs a bare pyzmq ROUTER script."""
+    from cauldron_zmq.config import config_from_mapping
+    project: List[float] = []
+    bare: List[float] = []
+    for rep in range(repeats):
+        for kind in ("project", "bare"):
+            port = env.free_port()
+            if kind == "project":
+                data = json.loads(json.dumps(env.config_data))
+                data["zmq-router"]["port"] = port
+                path = env.write_config(f"startup-{rep}.toml",
+                                        config_from_mapping(data, source="bench"))
+                cmd = console_script("Cauldron-router-zmq", "cauldron_zmq.router") + ["-c", path]
+            else:
+                cmd = [sys.executable, "-c", BARE_ECHO, str(port)]
+            t0 = time.monotonic()
+            proc = env.procs.spawn(f"startup-{kind}", cmd)
+            try:
+                t1 = ping_until_answer(env.context, f"tcp://127.0.0.1:{port}", t0 + 30, proc)
+            finally:
+                env.procs.kill(proc)
+            (project if kind == "project" else bare).append((t1 - t0) * 1000)
+    report.figure("startup", "start-up: launch to first ping answer (median)", "ms",
+                  statistics.median(project), statistics.median(bare), repeats=repeats,
+                  project_all=project, bare_all=bare)
+
+
+def section_memory(env: Env, report: Report, services: int, keywords: int) -> None:
+    """VmRSS: a router holding N services, a dispatcher holding M keywords, a bare ROUTER script."""
+    from cauldron_zmq.config import config_from_mapping
+    from cauldron_zmq.router import RouterClient
+    # bare: imports zmq, binds a ROUTER, has answered one ping
+    port = env.free_port()
+    proc = env.procs.spawn("memory-bare", [sys.executable, "-c", BARE_ECHO, str(port)])
+    try:
+        ping_until_answer(env.context, f"tcp://127.0.0.1:{port}", time.monotonic() + 30, proc)
+        time.sleep(0.2)
+        bare_kb = vmrss_kb(proc.pid)
+    finally:
+        env.procs.kill(proc)
+    # router with `services` registered services (a range wide enough for all of them)
+    data = json.loads(json.dumps(env.config_data))
+    port = env.free_port()
+    data["zmq-router"].update({"port": port, "first-port": 40000,
+                               "last-port": 40000 + 2 * services + 1})
+    cfg = config_from_mapping(data, source="bench")
+    path = env.write_config("memory-router.toml", cfg)
+    proc = env.procs.spawn("memory-router", console_script("Cauldron-router-zmq",
+                                                           "cauldron_zmq.router") + ["-c", path])
+    try:
+        ping_until_answer(env.context, cfg.router_address(), time.monotonic() + 30, proc)
+        time.sleep(0.2)
+        empty_kb = vmrss_kb(proc.pid)
+        with RouterClient(cfg, context=env.context, timeout=5000) as client:
+            for i in range(services):
+                client.register(f"svc{i:05d}", "default", "127.0.0.1", pid=100000 + i,
+                                keywords=[f"KEYWORD{k:02d}" for k in range(10)])
+            client.ping()
+        time.sleep(0.2)
+        router_kb = vmrss_kb(proc.pid)
+    finally:
+        env.procs.kill(proc)
+    # dispatcher (cauldron-zmq serve) with `keywords` keywords of four types
+    path = os.path.join(env.dir, "memory-keywords.toml")
+    with open(path, "w") as stream:
+        stream.write(keyword_file(keywords))
+    env.router()
+    proc = env.procs.spawn("memory-dispatcher", console_script("cauldron-zmq", "cauldron_zmq")
+                           + ["serve", MEMORY_SERVICE, path, "-c", env.config_path])
+    try:
+        env.procs.wait_for_log(proc, r"serving memsvc", 120)
+        time.sleep(0.3)
+        dispatcher_kb = vmrss_kb(proc.pid)
+    finally:
+        env.procs.stop(proc)
+    report.figure("memory.router", f"RSS: router holding {services:,} services", "MB",
+                  router_kb / 1024, bare_kb / 1024, services=services,
+                  empty_router_mb=empty_kb / 1024,
+                  kb_per_service=(router_kb - empty_kb) / services)
+    report.figure("memory.dispatcher", f"RSS: dispatcher holding {keywords:,} keywords", "MB",
+                  dispatcher_kb / 1024, bare_kb / 1024, keywords=keywords)
+
+
+def keyword_file(n: int) -> str:
+    """A keyword file of n keywords cycling through double, integer, string and enumerated."""
+    parts = []
+    for i in range(n):
+        kind = i % 4
+        name = f"KW{i:05d}"
+        if kind == 0:
+            parts.append(f'[keyword.{name}]\ntype = "double"\nunits = "mm"\ninitial = {i}.5\n'
+                         f'description = "double keyword {i}"\n')
+        elif kind == 1:
+            parts.append(f'[keyword.{name}]\ntype = "integer"\nmin = 0\nmax = 1000000\n'
+                         f'initial = {i}\n')
+        elif kind == 2:
+            parts.append(f'[keyword.{name}]\ntype = "string"\ninitial = "value {i}"\n')
+        else:
+            parts.append(f'[keyword.{name}]\ntype = "enumerated"\n'
+                         f'enumerators = ["OFF", "STANDBY", "ON"]\ninitial = "ON"\n')
+    return "\n".join(parts)
+
+
+def section_router(env: Env, report: Report, count: int) -> None:
+    """Look-ups and registrations: RouterClient -> router vs raw DEALER -> bare echo (from bench_router)."""
+    from cauldron_zmq.router import RouterClient
+    env.router()
+    echo = env.echo()
+    registrations = max(100, count // 5)
+    names = [f"r{i % 8}" for i in range(registrations + 2 * WARMUP)]
+    raw = echo["raw"]
+    lookup = request("lookup", SERVICE, rid="bench-lookup")
+    register = request("register", "benchreg", {"dispatcher": "r0", "host": "127.0.0.1"},
+                       rid="bench-register")
+    n = {"i": 0}
+
+    with RouterClient(env.config, context=env.context, timeout=5000) as client:
+        def project_register() -> None:
+            client.register("benchreg", names[n["i"] % len(names)], "127.0.0.1")
+            n["i"] += 1
+
+        lat = interleaved({"lookup": lambda: client.lookup(SERVICE),
+                           "bare lookup": lambda: raw.round_trip(lookup)}, count)
+        reg = interleaved({"register": project_register,
+                           "bare register": lambda: raw.round_trip(register)}, registrations)
+        echo_client = RouterClient(env.config, context=env.context, timeout=5000,
+                                   address=echo["address"])
+        with echo_client:
+            diag = interleaved({"client->echo": lambda: echo_client.lookup(SERVICE),
+                                "bare lookup": lambda: raw.round_trip(lookup)}, count // 2)
+    p, b = latency(lat["lookup"]), latency(lat["bare lookup"])
+    report.figure("router.lookups", "router look-ups per second (one at a time)", "ops/s",
+                  p["ops_per_s"], b["ops_per_s"], better="higher", count=count,
+                  median_us=p["median_us"], bare_median_us=b["median_us"])
+    p, b = latency(reg["register"]), latency(reg["bare register"])
+    report.figure("router.register.median", "router registration latency, median", "us",
+                  p["median_us"], b["median_us"], count=registrations)
+    report.figure("router.register.p99", "router registration latency, p99", "us",
+                  p["p99_us"], b["p99_us"], count=registrations)
+    d, b = latency(diag["client->echo"]), latency(diag["bare lookup"])
+    report.diagnostic("look-up: RouterClient -> bare echo, median", "us", d["median_us"],
+                      b["median_us"], "raw DEALER -> bare echo")
+    _register_with_state_file(env, report, max(50, registrations // 10), reg["register"])
+
+
+def _register_with_state_file(env: Env, report: Report, count: int,
+                              reference: List[float]) -> None:
+    """Registration latency when the router saves its book (atomic write + fsync) each time."""
+    from cauldron_zmq.config import config_from_mapping
+    from cauldron_zmq.router import RouterClient
+    data = json.loads(json.dumps(env.config_data))
+    data["zmq-router"].update({"port": env.free_port(),
+                               "state-file": os.path.join(env.dir, "router-book.json")})
+    cfg = config_from_mapping(data, source="bench")
+    proc = env.procs.spawn("router-state-file", console_script(
+        "Cauldron-router-zmq", "cauldron_zmq.router") + ["-c", env.write_config(
+            "router-state.toml", cfg)])
+    try:
+        ping_until_answer(env.context, cfg.router_address(), time.monotonic() + 30, proc)
+        with RouterClient(cfg, context=env.context, timeout=10000) as client:
+            lat = interleaved({"register": lambda: client.register("benchreg", "r0",
+                                                                   "127.0.0.1")},
+                              count, warmup=10)
+    finally:
+        env.procs.stop(proc)
+    report.diagnostic("registration with a state file (fsync each), median", "us",
+                      latency(lat["register"])["median_us"], latency(reference)["median_us"],
+                      "without")
+
+
+def section_roundtrip(env: Env, report: Report, count: int) -> None:
+    """Read and write round trips: ktl -> dispatcher vs raw DEALER -> bare echo (same frame sizes)."""
+    from cauldron_zmq import ktl
+    echo = env.echo()                   # (starts the dispatcher first, to capture its answers)
+    raw = echo["raw"]
+    bare_sub = env.context.socket(zmq.SUB)
+    bare_sub.setsockopt(zmq.LINGER, 0)
+    bare_sub.setsockopt(zmq.RCVHWM, env.hwm)
+    bare_sub.setsockopt(zmq.SUBSCRIBE, (SERVICE + "\0").encode())
+    bare_sub.connect(echo["broadcast"])
+    read = request("read", "READV", rid="bench-read")
+    wsame = request("write", "WSAME", {"value": 1.5}, rid="bench-wsame")
+    wchg = [request("write", "WCHG", {"value": v}, rid="bench-wchg") for v in (2.5, 1.5)]
+    _slow_joiner(raw, wchg, bare_sub)
+
+    svc = ktl.Service(SERVICE, config=env.config)
+    try:
+        readv, wsame_kw, wchg_kw = svc["READV"], svc["WSAME"], svc["WCHG"]
+        values, state = (2.5, 1.5), {"i": 0}
+
+        def ktl_changed() -> None:
+            state["i"] ^= 1
+            wchg_kw.write(values[state["i"]])
+
+        lat = interleaved({
+            "ktl read": lambda: readv.read(binary=True),
+            "bare read": lambda: raw.round_trip(read),
+            "ktl wsame": lambda: wsame_kw.write(1.5),
+            "bare wsame": lambda: raw.round_trip(wsame),
+            "ktl wchg": ktl_changed,
+            "bare wchg": _alternate(raw, wchg, bare_sub),
+        }, count)
+    finally:
+        svc.shutdown()
+        bare_sub.close(0)
+    for key, label in (("read", "read"), ("wsame", "write, unchanged"),
+                       ("wchg", "write, changed (+ broadcast)")):
+        p, b = latency(lat[f"ktl {key}"]), latency(lat[f"bare {key}"])
+        for stat in ("median", "p99"):
+            report.figure(f"{key}.{stat}", f"{label} round trip, {stat}", "us",
+                          p[f"{stat}_us"], b[f"{stat}_us"], bar=1.5, count=count)
+    _roundtrip_diagnostics(env, report, max(200, count // 2))
+
+
+def _slow_joiner(raw: RawDealer, requests: List[List[bytes]], sub: zmq.Socket) -> None:
+    """Send (changed writes, alternately) until the SUB receives something:
+    its subscription has reached the publisher."""
+    deadline = time.monotonic() + 10
+    i = 0
+    while True:
+        i += 1
+        raw.round_trip(requests[i % len(requests)])
+        if sub.poll(20):
+            sub.recv_multipart()
+            return
+        if time.monotonic() > deadline:
+            raise BenchError("the SUB never received a broadcast")
+
+
+def _roundtrip_diagnostics(env: Env, report: Report, count: int) -> None:
+    """Each side alone: raw DEALER -> dispatcher, and ktl -> bare echo.
+
+    Two groups, so that the bare echo's canned broadcasts (which always carry
+    the same gseq) never reach the ktl client connected to the echo.
+    """
+    from cauldron_zmq import ktl
+    from cauldron_zmq.config import config_from_mapping
+    disp, echo = env.dispatcher(), env.echo()
+    raw_echo, raw_disp = echo["raw"], disp["raw"]
+    read = request("read", "READV", rid="bench-read")
+    wchg = [request("write", "WCHG", {"value": v}, rid="bench-wchg") for v in (2.5, 1.5)]
+    data = json.loads(json.dumps(env.config_data))
+    data["zmq"].update({"dispatch-port": echo["port"], "broadcast-port": echo["pub_port"]})
+    data["zmq-router"]["enable"] = False
+    svc = ktl.Service(SERVICE, config=config_from_mapping(data, source="bench"))
+    try:
+        readv = svc["READV"]
+        reads = interleaved({
+            "ktl->echo": lambda: readv.read(binary=True),
+            "raw->disp": lambda: raw_disp.round_trip(read),
+            "bare": lambda: raw_echo.round_trip(read),
+        }, count)
+    finally:
+        svc.shutdown()
+    subs = []
+    for address in (disp["address"]["broadcast"], echo["broadcast"]):
+        sub = env.context.socket(zmq.SUB)     # the broadcasts of a changed write have a reader
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, env.hwm)
+        sub.setsockopt(zmq.SUBSCRIBE, (SERVICE + "\0WCHG\0").encode())
+        sub.connect(address)
+        subs.append(sub)
+    try:
+        _slow_joiner(raw_disp, wchg, subs[0])
+        _slow_joiner(raw_echo, wchg, subs[1])
+        writes = interleaved({
+            "raw->disp": _alternate(raw_disp, wchg, subs[0]),
+            "bare": _alternate(raw_echo, wchg, subs[1]),
+        }, count)
+    finally:
+        for sub in subs:
+            sub.close(0)
+    bare = latency(reads["bare"])["median_us"]
+    report.diagnostic("read: raw DEALER -> dispatcher, median", "us",
+                      latency(reads["raw->disp"])["median_us"], bare, "bare")
+    report.diagnostic("read: ktl client -> bare echo, median", "us",
+                      latency(reads["ktl->echo"])["median_us"], bare, "bare")
+    report.diagnostic("write changed: raw DEALER -> dispatcher, median", "us",
+                      latency(writes["raw->disp"])["median_us"],
+                      latency(writes["bare"])["median_us"], "bare")
+
+
+def _alternate(raw: RawDealer, requests: List[List[bytes]], sub: zmq.Socket) -> Callable[[], None]:
+    """A changed write (alternating values) and a drain of the broadcasts it caused."""
+    state = {"i": 0}
+
+    def op() -> None:
+        state["i"] ^= 1
+        raw.round_trip(requests[state["i"]])
+        try:
+            while True:
+                sub.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+    return op
+
+
+def section_broadcast(env: Env, report: Report, n: int, rounds: int = 1) -> None:
+    """Throughput to 1 and 10 subscribers: dispatcher set() in a hook vs a bare PUB loop.
+
+    ``rounds`` alternating bare/project runs of each; rates are their medians,
+    losses their totals.
+    """
+    results: Dict[str, List[Dict[str, Any]]] = {}
+    for _ in range(rounds):
+        for nsubs in (1, SUBSCRIBERS):
+            for kind in ("bare", "project"):
+                results.setdefault(f"{kind}{nsubs}", []).append(
+                    _broadcast_run(env, kind, nsubs, n))
+    for nsubs in (1, SUBSCRIBERS):
+        p, b = _combine(results[f"project{nsubs}"]), _combine(results[f"bare{nsubs}"])
+        who = "1 subscriber" if nsubs == 1 else f"{nsubs} subscribers"
+        report.figure(f"broadcast.{nsubs}.rate", f"broadcast to {who}: msgs/s per subscriber",
+                      "msgs/s", p["rate"], b["rate"], better="higher", bar=0.5, messages=n,
+                      rounds=rounds, project_rates=p["rates"], bare_rates=b["rates"],
+                      project_publish_rate=p["publish_rate"], bare_publish_rate=b["publish_rate"])
+        report.figure(f"broadcast.{nsubs}.lost", f"broadcast to {who}: messages lost", "",
+                      p["lost"], b["lost"], better="lower", bar=0, bar_on="value",
+                      messages=n * nsubs * rounds, project_received=p["received"],
+                      bare_received=b["received"])
+
+
+def _combine(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    return {"rate": statistics.median(r["rate"] for r in runs),
+            "rates": [r["rate"] for r in runs],
+            "publish_rate": statistics.median(r["publish_rate"] for r in runs),
+            "lost": sum(r["lost"] for r in runs), "received": sum(r["received"] for r in runs)}
+
+
+def _broadcast_run(env: Env, kind: str, nsubs: int, n: int) -> Dict[str, Any]:
+    subs = env.subscribers()
+    ctl: zmq.Socket = subs["ctl"]
+    run = subs["runs"]
+    subs["runs"] += 1
+    if run >= COUNTERS:
+        raise BenchError("out of counter keywords")
+    counter = f"C{run:04d}"
+    service = SERVICE if kind == "project" else BARE_SERVICE
+    from cauldron_zmq import protocol
+    topic = protocol.topic(service, counter)
+    prime_topic = protocol.topic(service, "PRIME")
+    ids = subs["ids"][:nsubs]
+    timeout = 30 + n / 2000.0
+    for ident in ids:
+        ctl.send_multipart([ident, json.dumps({
+            "op": "run", "prime": prime_topic.decode("latin-1"), "topic": topic.decode("latin-1"),
+            "n": n, "idle": 1.0, "timeout": timeout}).encode()])
+    disp_raw = env.dispatcher()["raw"]
+    echo_raw = env.echo()["raw"]
+    ready: set = set()
+    deadline = time.monotonic() + 20
+    k = 0
+    while len(ready) < nsubs:              # slow joiners: publish PRIME until everyone has one
+        k += 1
+        if kind == "project":
+            disp_raw.round_trip(request("write", "PRIME", {"value": run * 100000 + k}))
+        else:
+            echo_raw.round_trip(request("prime", prime_topic.decode("latin-1")))
+        until = time.monotonic() + 0.02
+        while time.monotonic() < until:
+            if ctl.poll(5):
+                ident, body = ctl.recv_multipart()
+                if json.loads(body)["op"] == "ready":
+                    ready.add(ident)
+        if time.monotonic() > deadline:
+            raise BenchError(f"{kind}: only {len(ready)} of {nsubs} subscribers joined")
+    t0 = time.monotonic()
+    if kind == "project":
+        disp_raw.final(request("write", "BURST", {"value": f"{counter} {n}"}),
+                       timeout_ms=int(timeout * 1000))
+    else:
+        echo_raw.final(request("burst", topic.decode("latin-1"), n),
+                       timeout_ms=int(timeout * 1000))
+    t_published = time.monotonic()
+    results: Dict[bytes, Dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout + 5
+    while len(results) < nsubs:
+        if ctl.poll(100):
+            ident, body = ctl.recv_multipart()
+            msg = json.loads(body)
+            if msg["op"] == "result":
+                results[ident] = msg
+        if time.monotonic() > deadline:
+            raise BenchError(f"{kind}: {nsubs - len(results)} subscriber(s) never reported")
+    received = sum(r["received"] for r in results.values())
+    t_last = max(r["t_last"] for r in results.values())
+    window = max(t_last - t0, 1e-6)
+    return {"received": received, "lost": n * nsubs - received,
+            "rate": received / nsubs / window, "publish_rate": n / max(t_published - t0, 1e-6)}
+
+
+def section_recovery(env: Env, report: Report, repeats: int) -> None:
+    """SIGKILL a dispatcher, start a replacement: from its ROUTER answering to the client's callback."""
+    from cauldron_zmq import ktl
+    env.router()
+    serve = console_script("cauldron-zmq", "cauldron_zmq")
+
+    def start(generation: int) -> subprocess.Popen:
+        path = os.path.join(env.dir, f"recovery-{generation}.toml")
+        with open(path, "w") as stream:
+            stream.write(f'[keyword.STAMP]\ntype = "string"\ninitial = "generation {generation}"\n')
+        return env.procs.spawn(f"recovery-{generation}", serve + ["serve", RECOVERY_SERVICE, path,
+                                                                  "-c", env.config_path])
+
+    proc = start(0)
+    match = env.procs.wait_for_log(proc, r"requests (tcp://\S+),", 60)
+    address = match.group(1)
+    seen: List[Tuple[float, Optional[str]]] = []
+    arrived = threading.Condition()
+
+    def callback(kw: Any) -> None:
+        with arrived:
+            seen.append((time.monotonic(), kw["ascii"]))
+            arrived.notify_all()
+
+    svc = ktl.Service(RECOVERY_SERVICE, config=env.config)
+    times: List[float] = []
+    starts: List[float] = []
+    try:
+        stamp = svc["STAMP"]
+        stamp.callback(callback)
+        stamp.monitor()
+        for generation in range(1, repeats + 1):
+            # Steady state: the client has had a heartbeat from the dispatcher it
+            # monitors (a client that joined less than a heartbeat before the
+            # crash is a different case; see docs/benchmarks.rst).
+            time.sleep(1.5 * env.config.zmq.heartbeat)
+            Processes.kill(proc, signal.SIGKILL)
+            t_kill = time.monotonic()
+            proc = start(generation)
+            t_listen = ping_until_answer(env.context, address, t_kill + 60, proc)
+            expected = f"generation {generation}"
+            deadline = t_listen + 10 + 3 * env.config.zmq.heartbeat
+            with arrived:
+                while not any(value == expected for _, value in seen):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise BenchError(f"the client never saw {expected!r}; saw "
+                                         f"{[v for _, v in seen[-5:]]}")
+                    arrived.wait(remaining)
+                t_update = next(t for t, value in seen if value == expected)
+            times.append((t_update - t_listen) * 1000)
+            starts.append((t_listen - t_kill) * 1000)
+    finally:
+        svc.shutdown()
+        env.procs.stop(proc)
+    report.figure("recovery", "recovery: replacement listening to client callback (median)",
+                  "ms", statistics.median(times), None, repeats=repeats, all_ms=times,
+                  replacement_start_ms=statistics.median(starts),
+                  heartbeat_s=env.config.zmq.heartbeat)

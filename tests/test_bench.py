@@ -1,0 +1,79 @@
+"""Smoke test of ``scripts/bench``: it runs, cleans up and reports every figure.
+
+No timing is asserted: figures depend on the machine and its load.  This only
+checks that ``scripts/bench --quick --json`` finishes, and that its JSON holds
+every figure with a finite value and, where a bare baseline exists, a finite
+ratio -- so a change that breaks a measure (or the project path it measures)
+is noticed before the next full run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "scripts" / "bench"
+
+#: Every figure of a run, by id.
+FIGURES = {
+    "startup", "memory.router", "memory.dispatcher",
+    "router.lookups", "router.register.median", "router.register.p99",
+    "read.median", "read.p99", "wsame.median", "wsame.p99", "wchg.median", "wchg.p99",
+    "broadcast.1.rate", "broadcast.1.lost", "broadcast.10.rate", "broadcast.10.lost",
+    "recovery",
+}
+#: Figures without a bare baseline, or whose ratio is undefined when the bare figure is 0.
+NO_RATIO = {"recovery"}
+MAYBE_NO_RATIO = {"broadcast.1.lost", "broadcast.10.lost"}
+
+
+def finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.timeout(180)
+def test_quick_bench_reports_every_figure() -> None:
+    env = dict(os.environ)
+    env.pop("CAULDRON_ZMQ_CONFIG", None)
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--json"], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=170)
+    stderr = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 0, stderr[-3000:]
+    report = json.loads(proc.stdout)
+
+    assert report["quick"] is True
+    figures = {f["id"]: f for f in report["figures"]}
+    assert set(figures) == FIGURES, stderr[-3000:]
+    for fid, f in figures.items():
+        assert f["figure"] and f["unit"] is not None, fid
+        assert finite(f["project"]), (fid, f["project"])
+        if fid in NO_RATIO:
+            assert f["bare"] is None and f["ratio"] is None, fid
+            continue
+        assert finite(f["bare"]), (fid, f["bare"])
+        if fid in MAYBE_NO_RATIO and f["bare"] == 0:
+            assert f["ratio"] is None, fid
+        else:
+            assert finite(f["ratio"]) and f["ratio"] >= 0, (fid, f["ratio"])
+    for d in report["diagnostics"]:
+        assert finite(d["value"]) and finite(d["ratio"]), d
+    assert "Traceback" not in stderr, stderr[-3000:]
+    # nothing of the run is left behind
+    assert report["pids"], "the bench reports the processes it started"
+    assert not [pid for pid in report["pids"] if _ours(pid)]
+
+
+def _ours(pid: int) -> bool:
+    """Whether ``pid`` is (still) one of the bench's processes, not a reused pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            cmdline = stream.read()
+    except OSError:
+        return False
+    return b"bench" in cmdline or b"auldron" in cmdline
