@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import difflib
+import heapq
 import logging
 import math
 import os
@@ -64,6 +65,11 @@ _GRACE = 2.0                  # how long past its deadline a waiter trusts the I
 _RECONNECT_IVL_MS = 50        # ZeroMQ's own reconnect: quick on a restart...
 _RECONNECT_IVL_MAX_MS = 250   # ...and never slower than this
 _IDLE_TICK = 1.0              # the I/O loop wakes at least this often
+# Plain ints for the hot loop (no enum attribute look-ups per message).
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
+_EVENT_CONNECTED = int(zmq.EVENT_CONNECTED)
 
 
 class UnknownKeyword(CauldronError, KeyError):
@@ -108,18 +114,30 @@ class Task:
     ``'success'`` or ``'error'``.
     """
 
-    def __init__(self, description: str = "", request: Optional[protocol.Request] = None,
+    def __init__(self, description: Union[str, Callable[[], str]] = "",
+                 request: Optional[protocol.Request] = None,
                  deadline: Optional[float] = None) -> None:
-        self.description = description
+        self._description = description   # or a function making it, called when needed
         self.request = request
         self.deadline = deadline          # time.monotonic() by which the I/O thread ends it
-        self._done = threading.Event()
-        self._acked = threading.Event()
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)   # completion and acknowledgement
         self._status = PENDING
+        self._is_acked = False
         self._result: Any = None
         self._error: Optional[BaseException] = None
         self._callbacks: List[Callable[["Task"], Any]] = []
+
+    @property
+    def description(self) -> str:
+        text = self._description
+        if not isinstance(text, str):
+            text = self._description = text()
+        return text
+
+    @description.setter
+    def description(self, text: str) -> None:
+        self._description = text
 
     @property
     def status(self) -> str:
@@ -134,13 +152,16 @@ class Task:
         return self._error
 
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._status != PENDING
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """True once complete (success or error); False if ``timeout`` s passed first."""
+        if self._status != PENDING:
+            return True
         if timeout is None:
             timeout = self._default_wait()
-        return self._done.wait(timeout)
+        with self._cond:
+            return self._cond.wait_for(self.done, timeout)
 
     def wait_acknowledged(self, timeout: Optional[float] = None) -> bool:
         """True once the dispatcher acknowledged the request (or it completed).
@@ -150,7 +171,17 @@ class Task:
         """
         if timeout is None:
             timeout = self._default_wait()
-        return self._acked.wait(timeout)
+        with self._cond:
+            return self._cond.wait_for(self._acked_or_done, timeout)
+
+    def _acked_or_done(self) -> bool:
+        return self._is_acked or self._status != PENDING
+
+    def _acknowledge(self) -> None:
+        """The dispatcher acknowledged the request (I/O thread)."""
+        with self._cond:
+            self._is_acked = True
+            self._cond.notify_all()
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """The result; re-raises the error; TimeoutError if not complete in time."""
@@ -188,13 +219,14 @@ class Task:
         return self._complete(ERROR, None, exc)
 
     def _complete(self, status: str, value: Any, exc: Optional[BaseException]) -> bool:
-        with self._lock:
+        with self._cond:
             if self._status != PENDING:
                 return False
-            self._status, self._result, self._error = status, value, exc
+            self._result, self._error = value, exc
+            self._status = status          # last: done() then result never sees half of it
+            self._is_acked = True
             callbacks, self._callbacks = self._callbacks, []
-        self._done.set()
-        self._acked.set()
+            self._cond.notify_all()
         for fn in callbacks:
             try:
                 fn(self)
@@ -217,22 +249,26 @@ class _Pending:
     """A request in flight; lives in the engine's table until answered or expired."""
 
     __slots__ = ("request", "link_key", "link", "task", "timeout", "deadline", "sent_at",
-                 "acked", "on_reply", "description", "router")
+                 "acked", "on_reply", "router")
 
     def __init__(self, request: protocol.Request, task: Task, timeout: float,
-                 on_reply: Optional[Callable[[protocol.Reply], Any]], description: str,
+                 on_reply: Optional[Callable[[protocol.Reply], Any]],
                  link_key: Optional[str] = None, router: bool = False) -> None:
         self.request = request
         self.task = task
         self.timeout = timeout
         self.deadline = task.deadline if task.deadline is not None else time.monotonic() + timeout
         self.on_reply = on_reply
-        self.description = description
         self.link_key = link_key
         self.link: Optional[_Link] = None
         self.sent_at = 0.0
         self.acked = False
         self.router = router
+
+    @property
+    def description(self) -> str:
+        """The task's (made only when a message needs it)."""
+        return self.task.description
 
 
 class _Link:
@@ -359,6 +395,7 @@ class _Engine:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._post_lock = threading.Lock()
+        self._wake_pending = False     # a byte is on the pipe, not drained yet (see post())
         self._closed = False
         self._stopping = False
         self.ctx = zmq.Context()
@@ -368,6 +405,9 @@ class _Engine:
         self.links: Dict[str, _Link] = {}
         self.owner: Dict[str, _Link] = {}          # KEYWORD -> link (I/O thread)
         self.pending: Dict[str, _Pending] = {}
+        # (deadline, request id, _Pending) of what is or was pending: entries of
+        # requests answered since are dropped lazily (see _add_pending).
+        self.deadlines: List[Tuple[float, str, _Pending]] = []
         self.kwobjs: Dict[str, Keyword] = {}
         self.last_broadcast: Dict[str, Tuple[Any, Optional[bytes]]] = {}
         self.polls: Dict[str, List[float]] = {}    # KEYWORD -> [period, next due]
@@ -390,11 +430,20 @@ class _Engine:
         self._thread.start()
 
     def post(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` on the I/O thread soon."""
+        """Run ``fn`` on the I/O thread soon.
+
+        The pipe is written only when no wake-up is pending (written, not yet
+        drained): a burst of requests costs one write(2).  The I/O thread
+        clears the flag before it drains the pipe and then empties the inbox,
+        so nothing queued before a skipped write is left behind.
+        """
         with self._post_lock:
             if self._closed:
                 raise ServiceShutDown(f"service {self.service!r} is shut down")
             self._inbox.put(fn)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
             try:
                 os.write(self._wake_w, b"\0")
             except BlockingIOError:
@@ -417,13 +466,16 @@ class _Engine:
                raw: Optional[bytes] = None, link: Optional[str] = None,
                timeout: Optional[float] = None,
                on_reply: Optional[Callable[[protocol.Reply], Any]] = None,
-               description: str = "") -> Task:
-        """Send a dispatcher request; the Task completes with ``on_reply(reply)``."""
+               description: Union[str, Callable[[], str]] = "") -> Task:
+        """Send a dispatcher request; the Task completes with ``on_reply(reply)``.
+
+        ``description`` may be a function: it is called only if a message needs it.
+        """
         timeout = self.timeout if timeout is None else float(timeout)
         req = protocol.request(command, target, {} if payload is None else payload, raw=raw)
         what = description or f"{self.service}.{target or '*'}: {command}"
         task = Task(what, req, time.monotonic() + timeout)
-        p = _Pending(req, task, timeout, on_reply, what, link_key=link)
+        p = _Pending(req, task, timeout, on_reply, link_key=link)
         self.post(lambda: self._send(p))
         return task
 
@@ -434,7 +486,7 @@ class _Engine:
         req = protocol.request(command, target, {} if payload is None else payload)
         what = description or f"router {command} {target!r}"
         task = Task(what, req, time.monotonic() + timeout)
-        p = _Pending(req, task, timeout, lambda r: r.payload, what, router=True)
+        p = _Pending(req, task, timeout, lambda r: r.payload, router=True)
         self.post(lambda: self._send_router(p))
         return task
 
@@ -490,6 +542,7 @@ class _Engine:
         self._run_timers(time.monotonic())
 
     def _drain_wake(self) -> None:
+        self._wake_pending = False        # before draining: see post()
         try:
             while os.read(self._wake_r, 4096):
                 pass
@@ -525,16 +578,38 @@ class _Engine:
         for p in list(self.pending.values()):
             p.task._fail(err)
         self.pending.clear()
+        self.deadlines.clear()
         for link in list(self.links.values()):
             self._close_link_sockets(link)
         self._reset_router()
         self.ctx.term()
 
     # ---------------------------------------------------------------- timers
+    def _add_pending(self, p: _Pending) -> None:
+        rid = p.request.id
+        self.pending[rid] = p
+        heap = self.deadlines
+        heapq.heappush(heap, (p.deadline, rid, p))
+        if len(heap) > 2 * len(self.pending) + 64:      # mostly answered ones: rebuild
+            pending = self.pending
+            heap[:] = [e for e in heap if pending.get(e[1]) is e[2]]
+            heapq.heapify(heap)
+
+    def _next_deadline(self) -> Optional[float]:
+        """The earliest deadline of a pending request (drops answered entries)."""
+        heap, pending = self.deadlines, self.pending
+        while heap:
+            deadline, rid, p = heap[0]
+            if pending.get(rid) is p:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
     def _next_wakeup_ms(self, now: float) -> int:
         due = now + _IDLE_TICK
-        for p in self.pending.values():
-            due = min(due, p.deadline)
+        first = self._next_deadline()
+        if first is not None and first < due:
+            due = first
         for link in self.links.values():
             if link.alive:
                 due = min(due, link.last_heard + self._liveness(link))
@@ -546,8 +621,11 @@ class _Engine:
         return max(0, int(math.ceil((due - now) * 1000)))
 
     def _run_timers(self, now: float) -> None:
-        for p in [p for p in self.pending.values() if p.deadline <= now]:
-            self._expire(p)
+        heap, pending = self.deadlines, self.pending
+        while heap and heap[0][0] <= now:
+            _deadline, rid, p = heapq.heappop(heap)
+            if pending.get(rid) is p:
+                self._expire(p)
         for link in list(self.links.values()):
             if link.alive and now - link.last_heard > self._liveness(link):
                 self._link_down(link, now)
@@ -733,7 +811,7 @@ class _Engine:
         if link.refused:
             self._retry_refused(link)
         p.link = link
-        self.pending[p.request.id] = p
+        self._add_pending(p)
         self._transmit(p)
 
     def _no_link_error(self, p: _Pending) -> CauldronError:
@@ -746,17 +824,17 @@ class _Engine:
         assert p.link is not None and p.link.dealer is not None
         p.sent_at = time.monotonic()
         try:
-            p.link.dealer.send_multipart(protocol.encode_request(p.request), zmq.NOBLOCK)
+            p.link.dealer.send_multipart(protocol.encode_request(p.request), _NOBLOCK)
         except zmq.Again:
             self.pending.pop(p.request.id, None)
             p.task._fail(CauldronError(f"{p.description}: the send queue to "
                                        f"{p.link.describe()} is full"))
 
     def _send_router(self, p: _Pending) -> None:
-        self.pending[p.request.id] = p
+        self._add_pending(p)
         p.sent_at = time.monotonic()
         try:
-            self._router_socket().send_multipart(protocol.encode_request(p.request), zmq.NOBLOCK)
+            self._router_socket().send_multipart(protocol.encode_request(p.request), _NOBLOCK)
         except zmq.Again:
             self.pending.pop(p.request.id, None)
             p.task._fail(TimeoutError(f"{p.description}: cannot queue a request to the "
@@ -797,9 +875,9 @@ class _Engine:
     # ------------------------------------------------------- handshake events
     def _handshake_events(self, mon: zmq.Socket) -> List[Tuple[str, str]]:
         events = []
-        while not mon.closed:
+        while not mon.closed and mon.getsockopt(_EVENTS) & _POLLIN:
             try:
-                event = recv_monitor_message(mon, zmq.NOBLOCK)
+                event = recv_monitor_message(mon, _NOBLOCK)
             except zmq.Again:
                 break
             kind, text = handshake_event(event, self.security is not None)
@@ -853,9 +931,9 @@ class _Engine:
             return
 
     def _on_dealer(self, link: _Link, sock: zmq.Socket) -> None:
-        while not sock.closed:
+        while not sock.closed and sock.getsockopt(_EVENTS) & _POLLIN:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
             now = time.monotonic()
@@ -864,9 +942,9 @@ class _Engine:
             self._on_reply(protocol.decode_reply(frames, self.max_size), link.describe())
 
     def _on_router(self, sock: zmq.Socket) -> None:
-        while not sock.closed:
+        while not sock.closed and sock.getsockopt(_EVENTS) & _POLLIN:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
             self._on_reply(protocol.decode_reply(frames, self.max_size),
@@ -886,7 +964,7 @@ class _Engine:
             return
         if reply.status == protocol.ACK:
             p.acked = True
-            p.task._acked.set()
+            p.task._acknowledge()
             return
         del self.pending[reply.id]
         if reply.status == protocol.ERROR:
@@ -911,9 +989,9 @@ class _Engine:
 
     # ------------------------------------------------------------ broadcasts
     def _on_sub(self, link: _Link, sock: zmq.Socket) -> None:
-        while not sock.closed:
+        while not sock.closed and sock.getsockopt(_EVENTS) & _POLLIN:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
             b = protocol.decode_broadcast(frames, self.max_size)
@@ -929,19 +1007,19 @@ class _Engine:
                 self._on_broadcast(link, b)
 
     def _on_monitor(self, link: _Link, mon: zmq.Socket) -> None:
-        while not mon.closed:
+        while not mon.closed and mon.getsockopt(_EVENTS) & _POLLIN:
             try:
-                event = recv_monitor_message(mon, zmq.NOBLOCK)
+                event = recv_monitor_message(mon, _NOBLOCK)
             except zmq.Again:
                 return
-            if event.get("event") != zmq.EVENT_CONNECTED:
+            if event.get("event") != _EVENT_CONNECTED:
                 kind, text = handshake_event(event, self.security is not None)
                 if kind:
                     self._on_handshake(link, kind, text)
                     if link.sub is None or mon.closed:
                         return
                 continue
-            if event.get("event") == zmq.EVENT_CONNECTED:
+            if event.get("event") == _EVENT_CONNECTED:
                 # The SUB (re)connected: anything published before its
                 # subscription arrived is lost, so re-read now and again at
                 # the first heartbeat (see _on_heartbeat).
@@ -1006,8 +1084,7 @@ class _Engine:
         self.inflight_reads.add(name)
         req = protocol.request("read", name, {})
         task = Task(f"{self.service}.{name}: read ({why})", req, time.monotonic() + self.timeout)
-        p = _Pending(req, task, self.timeout, lambda r: self._ingest_reply(kw, r, FRESH),
-                     task.description)
+        p = _Pending(req, task, self.timeout, lambda r: self._ingest_reply(kw, r, FRESH))
         task.add_done_callback(lambda t: self._read_done(name, t))
         self._send(p)
 
@@ -1077,7 +1154,7 @@ class _Engine:
         req = protocol.request("lookup", self.service, {})
         what = f"lookup {self.service!r} for {link.describe()}"
         task = Task(what, req, time.monotonic() + self.router_timeout)
-        p = _Pending(req, task, self.router_timeout, lambda r: r.payload, what, router=True)
+        p = _Pending(req, task, self.router_timeout, lambda r: r.payload, router=True)
         task.add_done_callback(lambda t: self._relookup_done(link, t))
         self._send_router(p)
 
@@ -1104,7 +1181,7 @@ class _Engine:
         """Ask a new dispatcher which keywords it owns."""
         req = protocol.request("list", "", {})
         task = Task(f"{self.service}: list {key}", req, time.monotonic() + self.timeout)
-        p = _Pending(req, task, self.timeout, lambda r: r.payload, task.description, link_key=key)
+        p = _Pending(req, task, self.timeout, lambda r: r.payload, link_key=key)
         task.add_done_callback(lambda t: t.status == SUCCESS and self.io_listed(key, t.result))
         self._send(p)
 
@@ -1146,6 +1223,7 @@ class Keyword:
         self._state = _State()
         self._local = threading.local()       # .state: what a running callback sees
         self._fired_seq: Optional[int] = None    # the last change the callbacks were given
+        self._fired_time: Optional[float] = None  # ...and its dispatcher time (restarts)
         self._broadcasts = 0
         self._history: Deque[HistorySlice] = collections.deque(maxlen=HISTORY_LENGTH)
         self._callbacks: List[Callable[["Keyword"], Any]] = []
@@ -1292,7 +1370,10 @@ class Keyword:
         return engine.submit("read", self._name, timeout=self._timeout(timeout),
                              on_reply=lambda r: self._result(
                                  engine._ingest_reply(self, r, source), r.raw, binary, both),
-                             description=f"{self.full_name}: read")
+                             description=self._read_description)
+
+    def _read_description(self) -> str:
+        return f"{self.full_name}: read"
 
     def write(self, value: Any, wait: bool = True, binary: bool = False,
               timeout: Optional[float] = None) -> Any:
@@ -1309,7 +1390,7 @@ class Keyword:
                              timeout=self._timeout(timeout),
                              on_reply=lambda r: self._result(engine._ingest_reply(self, r),
                                                              r.raw, binary, False),
-                             description=f"{self.full_name}: write {_short(value)}")
+                             description=lambda: f"{self.full_name}: write {_short(value)}")
         return task if not wait else task.get()
 
     def _timeout(self, timeout: Optional[float]) -> float:
@@ -1523,18 +1604,29 @@ class Keyword:
             wanted = {BROADCAST: self._monitored,
                       FRESH: self._monitored or self._polled,
                       REPLY: not self._monitored}[source]
-            fire = wanted and bool(self._callbacks) and self._unseen(seq)
+            fire = wanted and bool(self._callbacks) and self._unseen(seq, stamp)
             if fire:
-                self._fired_seq = seq
+                self._fired_seq, self._fired_time = seq, stamp
             self._cond.notify_all()
             listeners = list(self._listeners)
         for event in listeners:
             event.set()
         return state if fire else None
 
-    def _unseen(self, seq: Optional[int]) -> bool:
-        """Whether the change ``seq`` has not been handed to the callbacks yet."""
-        return seq is None or self._fired_seq is None or seq > self._fired_seq
+    def _unseen(self, seq: Optional[int], stamp: Optional[float] = None) -> bool:
+        """Whether the change ``seq`` (made at ``stamp``) has not reached the callbacks yet.
+
+        A dispatcher's sequence numbers start again when it restarts, and a
+        value read from the replacement may come before any heartbeat shows
+        the restart (or none of the old one was ever seen): the same or a
+        lower ``seq`` with a newer dispatcher time is a new value.  The same
+        change always carries the same time, whichever socket brings it.
+        """
+        fired = self._fired_seq
+        if seq is None or fired is None or seq > fired:
+            return True
+        fired_time = self._fired_time
+        return stamp is not None and fired_time is not None and stamp > fired_time
 
     @staticmethod
     def _is_stale(old: _State, seq: Optional[int], stamp: Optional[float]) -> bool:
@@ -1547,7 +1639,7 @@ class Keyword:
         """The dispatcher restarted: its sequence numbers start again."""
         with self._cond:
             self._state = self._state._replace(seq=None)
-            self._fired_seq = None
+            self._fired_seq = self._fired_time = None
 
     def _wake_waiters(self) -> None:
         """The service shut down: threads in wait()/waitFor() raise ServiceShutDown."""

@@ -55,7 +55,8 @@ def test_dispatcher_killed_and_restarted(keyword_file: Path) -> None:
 
         h.kill_dispatcher()                          # SIGKILL: no unregister, no goodbye
         wait_until(lambda: not count.connected, 5, message="silence noticed")
-        assert seen[-1] == ("5", False)              # callbacks told: disconnected
+        # callbacks told: disconnected (they run on the callback thread, so poll)
+        wait_until(lambda: seen[-1:] == [("5", False)], 5, message="disconnection callback")
         assert not count.isAlive() and not svc.isAlive()
 
         h.start_dispatcher()                         # same ports: the router kept the pair
@@ -168,3 +169,45 @@ def test_timeout_names_service_keyword_and_address(many: ServiceHarness) -> None
     finally:
         gate.set()
     assert wait_until(lambda: svc["COUNT"].read() == "77", 5)
+
+
+RESTART_KEYWORDS = """
+[keyword.COUNT]
+type = "integer"
+initial = {initial}
+"""
+
+
+@pytest.mark.parametrize("heartbeat", [None, 30.0], ids=["heartbeat-seen", "no-heartbeat"])
+def test_restart_value_with_the_same_seq_fires(tmp_path: Path, heartbeat: Any) -> None:
+    """The replacement's first value has the seq the callbacks were last given (1 and 1),
+    but another value: it is news.  With a 30 s heartbeat the client never hears one
+    from the old dispatcher, so only the dispatcher's time can tell it apart."""
+    path = tmp_path / "rtest.toml"
+    path.write_text(RESTART_KEYWORDS.format(initial=3), encoding="utf-8")
+    overrides = None if heartbeat is None else {"zmq": {"heartbeat": heartbeat,
+                                                        "liveness": 2 * heartbeat}}
+    with ServiceHarness(path, "rtest", subprocess=True, config=overrides) as h:
+        svc = h.client()
+        count = svc["COUNT"]
+        seen = record(count)
+        count.monitor()                              # primed: "3", the initial value (seq 1)
+        wait_until(lambda: seen[-1:] == [("3", True)], 3, message="primed with 3")
+        engine = svc._engine
+
+        def heartbeats_heard() -> bool:
+            return engine.call(lambda: all(link.started is not None
+                                           for link in engine.links.values()))
+        if heartbeat is None:
+            wait_until(heartbeats_heard, 5, message="a heartbeat of the old dispatcher")
+        else:
+            assert not heartbeats_heard()
+
+        h.kill_dispatcher()
+        path.write_text(RESTART_KEYWORDS.format(initial=7), encoding="utf-8")
+        h.start_dispatcher()                         # its COUNT: "7", seq 1 again
+        wait_until(lambda: count["ascii"] == "7", 10, message="the cache holds 7")
+        wait_until(lambda: ("7", True) in seen, 10,
+                   message=f"a callback with the replacement's value (seen {seen})")
+        assert count.write(8) == "8"                 # and it carries on as usual
+        wait_until(lambda: seen[-1:] == [("8", True)], 5, message="monitor sees 8")
