@@ -39,6 +39,7 @@ from . import protocol
 from .backoff import LOOKUP, Schedule
 from .config import Config, endpoint, load_config
 from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
+                     DispatcherRestarted,
                      RemoteError, RouterError, ServiceNotFound, TimeoutError, remote_exception)
 from .expression import OPERATORS, Value, compare
 from .security import (HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security, handshake_event,
@@ -249,7 +250,7 @@ class _Pending:
     """A request in flight; lives in the engine's table until answered or expired."""
 
     __slots__ = ("request", "link_key", "link", "task", "timeout", "deadline", "sent_at",
-                 "acked", "on_reply", "router")
+                 "acked", "ack_started", "on_reply", "router")
 
     def __init__(self, request: protocol.Request, task: Task, timeout: float,
                  on_reply: Optional[Callable[[protocol.Reply], Any]],
@@ -263,6 +264,7 @@ class _Pending:
         self.link: Optional[_Link] = None
         self.sent_at = 0.0
         self.acked = False
+        self.ack_started: Optional[float] = None   # the incarnation that acknowledged it
         self.router = router
 
     @property
@@ -964,6 +966,8 @@ class _Engine:
             return
         if reply.status == protocol.ACK:
             p.acked = True
+            if isinstance(reply.payload, dict):
+                p.ack_started = reply.payload.get("started")
             p.task._acknowledge()
             return
         del self.pending[reply.id]
@@ -1070,12 +1074,30 @@ class _Engine:
             self.log.info("%s: %s", link.describe(), why)
             for kw in kws:
                 kw._forget_sequence()
+            self._fail_orphaned(link)
         tracked = [kw for kw in kws if kw._tracked()]
         if tracked:
             self.log.debug("%s: %s; re-reading %s", link.describe(), why,
                            ", ".join(kw.name for kw in tracked))
         for kw in tracked:
             self._internal_read(kw.name, why)
+
+    def _fail_orphaned(self, link: _Link) -> None:
+        """Fail requests an earlier incarnation of the dispatcher acknowledged.
+
+        The process that would have answered them is gone; waiting for the
+        whole timeout (a long move may have a long one) would tell nothing more.
+        """
+        if link.started is None:
+            return
+        orphans = [p for p in self.pending.values() if p.link is link and p.acked
+                   and p.ack_started is not None and p.ack_started != link.started]
+        for p in orphans:
+            self.pending.pop(p.request.id, None)
+            p.task._fail(DispatcherRestarted(
+                f"{p.description}: {link.describe()} restarted after acknowledging the "
+                f"request, so no answer will come; it may or may not have been applied "
+                f"(read the keyword to know)"))
 
     def _internal_read(self, name: str, why: str) -> None:
         kw = self.kwobjs.get(name)

@@ -54,6 +54,7 @@ LINGER_MS = 100                # lets final replies and broadcasts leave on clos
 BATCH = 256                    # requests handled between two looks at the queues
 MAX_WORKERS = 32
 WORKER_IDLE = 5.0
+MAX_QUEUED = 10_000            # replies and broadcasts queued for the I/O thread before set() waits
 
 _REPLY, _BROADCAST = 0, 1
 
@@ -250,6 +251,24 @@ class Service:
             return
         self._outgoing.put((_BROADCAST, keyword, snap))
         self._wake()
+
+    def _wait_for_room(self) -> None:
+        """Backpressure, called by Keyword.set() before it takes any lock.
+
+        A producer calling set() faster than the I/O thread publishes (a tight
+        loop easily is) would otherwise queue broadcasts without bound: some
+        hundreds of MB within seconds.  While MAX_QUEUED messages wait, the
+        caller waits until half of them are gone.  Never on the I/O thread.
+        """
+        if self._outgoing.qsize() < MAX_QUEUED:
+            return
+        io = self._io
+        if io is None or threading.get_ident() == io._ident:
+            return
+        while (self._outgoing.qsize() > MAX_QUEUED // 2 and self._state == "running"
+               and io._thread.is_alive()):
+            io.wake()
+            time.sleep(0.001)
 
     def _changed(self, keyword: Keyword, snap: Snapshot) -> None:
         persister = self._persister
@@ -865,7 +884,7 @@ class _IOThread:
         except RuntimeError:
             self._send(envelope + _shutting_down(req.id, svc))
             return
-        self._send(envelope + protocol.ack(req.id))
+        self._send(envelope + protocol.ack(req.id, self.svc.started))
 
     def _on_read(self, req: protocol.Request, envelope: List[bytes]) -> Optional[List[Any]]:
         kw = self._keyword(req)

@@ -22,6 +22,7 @@ __all__ = [
     "DispatcherError",
     "TimeoutError",
     "ServiceNotFound",
+    "DispatcherRestarted",
     "AuthenticationError",
     "NoWriteNecessary",
     "ConversionError",
@@ -106,6 +107,13 @@ class AuthenticationError(CauldronError, PermissionError):
 
     def __str__(self) -> str:   # OSError would show "[Errno ...]" for two arguments
         return str(self.args[0]) if self.args else ""
+
+
+class DispatcherRestarted(CauldronError):
+    """The dispatcher restarted after acknowledging a request, so no answer will come.
+
+    The request may or may not have been applied: read the keyword to know.
+    """
 
 
 class NoWriteNecessary(Exception):

@@ -246,6 +246,9 @@ class Keyword:
         if not force and self.type.equal(self._snap.value, value):
             return False
         self.check(value)
+        wait_for_room = getattr(self.service, "_wait_for_room", None)
+        if wait_for_room is not None:
+            wait_for_room()              # backpressure when the I/O thread is far behind
         with self._lock:
             if not force and self.type.equal(self._snap.value, value):
                 return False

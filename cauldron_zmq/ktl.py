@@ -25,15 +25,16 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from .client import _services as _client_services
 from .client import HistorySlice, Keyword, Service, ServiceShutDown, Task, UnknownKeyword
 from .config import Config
-from .errors import (CauldronError, DispatcherError, RouterError, ServiceNotFound,
-                     TimeoutError)
+from .errors import (AuthenticationError, CauldronError, DispatcherError, DispatcherRestarted,
+                     RouterError, ServiceNotFound, TimeoutError)
 from .expression import ExpressionError
 from .expression import parse as parse_expression
 
 __all__ = [
     "Service", "Keyword", "Task", "HistorySlice",
     "CauldronError", "DispatcherError", "RouterError", "ServiceNotFound", "TimeoutError",
-    "UnknownKeyword", "ServiceShutDown", "ExpressionError",
+    "UnknownKeyword", "ServiceShutDown", "ExpressionError", "DispatcherRestarted",
+    "AuthenticationError",
     "cache", "cache_clear", "read", "write", "monitor", "subscribe", "wait", "callback",
     "poll", "waitFor", "waitfor",
 ]

@@ -136,7 +136,13 @@ class Persister:
                     self._cond.wait()
                 if self._stopping:
                     return
-                self._cond.wait(COALESCE)     # let a burst of changes arrive
+                # Let a burst of changes arrive: note() notifies, which must not
+                # cut this wait short, or a burst is written every other change.
+                deadline = time.monotonic() + COALESCE
+                remaining = COALESCE
+                while remaining > 0 and not self._stopping:
+                    self._cond.wait(remaining)
+                    remaining = deadline - time.monotonic()
             self.flush()
 
     def _write(self, values: Dict[str, Any]) -> None:

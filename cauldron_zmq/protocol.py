@@ -359,8 +359,12 @@ def ok(rid: str, payload: Any = None, raw: Optional[bytes] = None) -> List[bytes
     return encode_reply(Reply(rid, OK, payload, raw))
 
 
-def ack(rid: str) -> List[bytes]:
-    return [VERSION, rid.encode("utf-8"), b"ack", b"null"]
+def ack(rid: str, started: Optional[float] = None) -> List[bytes]:
+    """``ack``; a dispatcher adds its start time, so a client whose dispatcher
+    restarts knows that an acknowledged request will never be answered."""
+    if started is None:
+        return [VERSION, rid.encode("utf-8"), b"ack", b"null"]
+    return [VERSION, rid.encode("utf-8"), b"ack", dumps({"started": started})]
 
 
 def error(rid: str, code: str, message: str, type_name: str = "") -> List[bytes]:
