@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from typing import Any, Dict, Optional
+
+from .files import set_aside, write_atomically
 
 __all__ = ["Persister", "persist_path", "FORMAT"]
 
@@ -72,9 +73,8 @@ class Persister:
         return loaded
 
     def _set_aside(self, why: str) -> None:
-        aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
         try:
-            os.replace(self.path, aside)
+            aside = set_aside(self.path)
         except OSError as exc:
             self.log.error("persisted values %s %s, and could not be moved aside: %s",
                            self.path, why, exc)
@@ -146,37 +146,7 @@ class Persister:
             self.flush()
 
     def _write(self, values: Dict[str, Any]) -> None:
-        directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, mode=0o700, exist_ok=True)
         body = {"format": FORMAT, "saved": time.time(),
                 "keywords": {k: {"value": v} for k, v in sorted(values.items())}}
         data = json.dumps(body, indent=1, allow_nan=False).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".", suffix=".tmp",
-                                   dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as stream:
-                stream.write(data)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_dir(directory)
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename durable; not every platform can open a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        write_atomically(self.path, data, dir_mode=0o700)

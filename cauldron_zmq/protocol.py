@@ -25,7 +25,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 VERSION = b"CZMQ1"

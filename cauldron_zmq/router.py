@@ -19,7 +19,6 @@ Three layers, from pure to I/O:
 from __future__ import annotations
 
 import collections
-import dataclasses
 import heapq
 import json
 import logging
@@ -39,6 +38,7 @@ import zmq
 from . import __version__
 from . import protocol
 from .config import Config, endpoint, load_config
+from .files import set_aside, write_atomically
 from .errors import (AuthenticationError, CauldronError, ConfigurationError, ProtocolError,
                      RouterError, TimeoutError, remote_exception)
 from .security import (FAILED, HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security,
@@ -571,44 +571,8 @@ def _typed(row: Any, name: str, kind: Union[type, Tuple[type, ...]]) -> Any:
 # =============================================================================
 
 def save_state(path: str, data: Dict[str, Any]) -> None:
-    """Write ``data`` as JSON so that a crash leaves the old file or the new one.
-
-    Temporary file in the same directory, fsync, rename over the old file,
-    fsync the directory so the rename itself is durable.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:          # e.g. Windows cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    """Write ``data`` as JSON so that a crash leaves the old file or the new one."""
+    write_atomically(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def read_state(path: str) -> Optional[Any]:
@@ -629,12 +593,8 @@ def quarantine(path: str, reason: str) -> Optional[str]:
 
     Returns the new name, or None if it could not be moved (also logged).
     """
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    target, n = f"{path}.corrupt-{stamp}", 1
-    while os.path.lexists(target):
-        target, n = f"{path}.corrupt-{stamp}-{n}", n + 1
     try:
-        os.replace(path, target)
+        target = set_aside(path)
     except OSError as exc:
         log.error("state file %s is unusable (%s) and cannot be moved aside: %s; "
                   "starting with an empty book", path, reason, exc)
