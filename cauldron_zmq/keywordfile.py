@@ -132,7 +132,10 @@ def parse_keywords(data: Mapping[str, Any], source: str = "<keywords>") -> List[
             raise where.error(key, f"unknown top-level key; {_suggest(key, ['keyword'])}; "
                                    "keywords are tables [keyword.NAME]")
     tables = data.get("keyword")
-    if not isinstance(tables, Mapping) or not tables:
+    if "keyword" in data and not isinstance(tables, Mapping):
+        raise where.error("keyword", f"expected tables [keyword.NAME], got "
+                                     f"{tables!r} ({type(tables).__name__})")
+    if not tables:
         raise where.error(None, "defines no keywords; add tables such as [keyword.TEMP]")
     specs: Dict[str, KeywordSpec] = {}
     for raw_name, body in tables.items():

@@ -123,3 +123,14 @@ def test_missing_file(tmp_path: Any) -> None:
 def test_parse_mapping_directly() -> None:
     [spec] = parse_keywords({"keyword": {"x": {"type": "boolean", "initial": True}}})
     assert spec.name == "X" and spec.initial is True
+
+
+def test_keyword_that_is_not_a_table_names_the_key(tmp_path):
+    from cauldron_zmq.errors import ConfigurationError
+    from cauldron_zmq.keywordfile import read_keyword_file
+    path = tmp_path / "kw.toml"
+    path.write_text("keyword = 5\n")
+    with pytest.raises(ConfigurationError) as info:
+        read_keyword_file(path)
+    assert str(path) in str(info.value) and "keyword: expected tables [keyword.NAME]" in str(info.value)
+    assert info.value.key == "keyword"
