@@ -216,7 +216,8 @@ def _enumerators(body: Mapping[str, Any], kind: str, where: _Where) -> Optional[
     value = body.get("enumerators")
     if value is None:
         if kind in ("enumerated", "mask"):
-            raise where.error("enumerators", f"missing; a {kind} keyword needs a list of names")
+            article = "an" if kind[:1] in "aeiou" else "a"
+            raise where.error("enumerators", f"missing; {article} {kind} keyword needs a list of names")
         return None
     if kind not in _ENUMERATED:
         raise where.error("enumerators", f"only enumerated, mask and boolean keywords have "

@@ -185,6 +185,10 @@ def _range_text(lo: Any, hi: Any) -> str:
 # numbers
 # --------------------------------------------------------------------------
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def _whole(value: Any, label: str) -> int:
     """A whole number as a Python int, refusing (never truncating) fractions.
 
@@ -376,7 +380,7 @@ def _normalise_enumerators(raw: Any, kind: str, label: str) -> Optional[Tuple[Tu
     """Validate enumerators for ``kind`` and return sorted (value, name) pairs."""
     if raw is None:
         if kind in ("enumerated", "mask"):
-            raise ConversionError(f"{label}: a {kind} keyword needs enumerators")
+            raise ConversionError(f"{label}: {_article(kind)} {kind} keyword needs enumerators")
         return None
     if kind not in _WITH_ENUMERATORS:
         raise ConversionError(
@@ -390,7 +394,7 @@ def _normalise_enumerators(raw: Any, kind: str, label: str) -> Optional[Tuple[Tu
                 "without surrounding whitespace")
         pairs.append((value, name))
     if not pairs:
-        raise ConversionError(f"{label}: a {kind} keyword needs at least one enumerator")
+        raise ConversionError(f"{label}: {_article(kind)} {kind} keyword needs at least one enumerator")
     _check_enumerator_pairs(pairs, kind, label)
     return tuple(sorted(pairs))
 
