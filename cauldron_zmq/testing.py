@@ -201,6 +201,8 @@ class ServiceHarness:
         self.close()
 
     def start(self) -> "ServiceHarness":
+        if self.router is not None or self.dispatcher is not None:
+            raise RuntimeError("this harness is already started; close() it first")
         try:
             self.start_router()
             self.start_dispatcher()
