@@ -320,36 +320,7 @@ class ServiceHarness:
 
     def _identify(self) -> Optional[int]:
         """The pid the registered dispatcher reports, or None if none answers."""
-        import zmq
-        from . import protocol
-        from .config import endpoint
-        from .errors import CauldronError
-        from .router import RouterClient
-        try:
-            with RouterClient(self.config, timeout=200) as rc:
-                entries = rc.lookup(self.service)["dispatchers"]
-        except CauldronError:
-            return None
-        from .security import client_security
-        keys = client_security(self.config)
-        ctx = zmq.Context.instance()
-        for entry in entries:
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            if keys is not None:
-                keys.apply(sock)
-            try:
-                sock.connect(endpoint(entry["protocol"], entry["host"], entry["dispatch_port"],
-                                      bind=False))
-                req = protocol.request("identify")
-                sock.send_multipart(protocol.encode_request(req))
-                if sock.poll(200):
-                    reply = protocol.decode_reply(sock.recv_multipart())
-                    if isinstance(reply, protocol.Reply) and reply.ok:
-                        return int(reply.payload["pid"])
-            finally:
-                sock.close(0)
-        return None
+        return identify_pid(self.config, self.service)
 
     # ------------------------------------------------------------------ helpers
     def _spawn(self, cmd: List[str]) -> "_subprocess.Popen[bytes]":
@@ -365,6 +336,40 @@ class ServiceHarness:
     def _check_alive(proc: Any, what: str) -> None:
         if isinstance(proc, _subprocess.Popen) and proc.poll() is not None:
             raise RuntimeError(f"the {what} process exited with status {proc.returncode}")
+
+
+def identify_pid(config: Config, service: str) -> Optional[int]:
+    """The pid a registered dispatcher of ``service`` reports to ``identify``,
+    or None if the router or every dispatcher stays silent (200 ms each)."""
+    import zmq
+    from . import protocol
+    from .config import endpoint
+    from .errors import CauldronError
+    from .router import RouterClient
+    from .security import client_security
+    try:
+        with RouterClient(config, timeout=200) as rc:
+            entries = rc.lookup(service)["dispatchers"]
+    except CauldronError:
+        return None
+    keys = client_security(config)
+    ctx = zmq.Context.instance()
+    for entry in entries:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.apply(sock)
+        try:
+            sock.connect(endpoint(entry["protocol"], entry["host"], entry["dispatch_port"],
+                                  bind=False))
+            sock.send_multipart(protocol.encode_request(protocol.request("identify")))
+            if sock.poll(200):
+                reply = protocol.decode_reply(sock.recv_multipart())
+                if isinstance(reply, protocol.Reply) and reply.ok:
+                    return int(reply.payload["pid"])
+        finally:
+            sock.close(0)
+    return None
 
 
 def _is_stopped(pid: int) -> bool:

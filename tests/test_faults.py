@@ -50,6 +50,7 @@ from cauldron_zmq.errors import CauldronError, DispatcherRestarted, TimeoutError
 from cauldron_zmq.persist import persist_path
 from cauldron_zmq.router import Router, RouterClient
 from cauldron_zmq.testing import ServiceHarness, wait_until, write_test_config
+from cauldron_zmq.testing import identify_pid
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_client_threads_left")]
 
@@ -192,26 +193,7 @@ def book_pairs(cfg: Config) -> Set[Tuple[str, str, str, int, int]]:
 
 def identify(cfg: Config, service: str) -> Optional[int]:
     """The pid of the registered dispatcher of ``service`` that answers, or None."""
-    try:
-        with RouterClient(cfg, timeout=200) as rc:
-            [entry] = rc.lookup(service)["dispatchers"]
-    except (CauldronError, ValueError):
-        return None
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint(entry["protocol"], entry["host"], entry["dispatch_port"],
-                              bind=False))
-        req = protocol.request("identify")
-        sock.send_multipart(protocol.encode_request(req))
-        if sock.poll(200):
-            reply = protocol.decode_reply(sock.recv_multipart())
-            if isinstance(reply, protocol.Reply) and reply.ok:
-                return int(reply.payload["pid"])
-    finally:
-        sock.close(0)
-    return None
+    return identify_pid(cfg, service)
 
 
 def wait_serving(cfg: Config, service: str, proc: subprocess.Popen,

@@ -20,14 +20,11 @@ and the command-line programs naming file, section and key of a bad file.
 """
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Iterator, List, Optional
 
 import pytest
@@ -39,6 +36,7 @@ from hypothesis import strategies as st
 from cauldron_zmq import protocol
 from cauldron_zmq.commands.serve import serve
 from cauldron_zmq.router import RouterClient, main as router_main
+from scripts_support import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -51,17 +49,6 @@ CI_COUNT = int(os.environ.get("FUZZ_COUNT", "55000"))
 CI_SEED = int(os.environ.get("FUZZ_SEED", "20240501"))
 
 
-def load_script(name: str) -> ModuleType:
-    """Import ``scripts/<name>`` (a Python file without ``.py``) as a module."""
-    if name in sys.modules:
-        return sys.modules[name]
-    loader = importlib.machinery.SourceFileLoader(name, str(ROOT / "scripts" / name))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
 
 
 fuzz = load_script("fuzz")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import threading
 import time
@@ -24,6 +23,7 @@ from cauldron_zmq.errors import CauldronError, RouterError, TimeoutError
 from cauldron_zmq.router import (DOWN, LIVE, STALE, Book, Router, RouterBindError,
                                  RouterClient, RouterRefusal, quarantine, read_state,
                                  save_state)
+from cauldron_zmq.testing import free_port, free_ports
 
 T0 = 1_700_000_000.0
 EXPIRY = 10.0
@@ -31,28 +31,9 @@ EXPIRY = 10.0
 
 # ============================================================================ helpers
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def free_block(n: int) -> int:
-    """The first port of ``n`` consecutive free ports (random, to dodge parallel runs)."""
-    for _ in range(500):
-        base = random.randrange(20000, 60000 - n)
-        if all(_bindable(p) for p in range(base, base + n)):
-            return base
-    raise RuntimeError(f"no block of {n} free ports")
+    """The first port of ``n`` consecutive free ports."""
+    return free_ports(n, consecutive=True)[0]
 
 
 def make_config(tmp_path: Any = None, *, pairs: int = 4, zmq_section: Any = None,

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List
 
 import pytest
 import zmq
@@ -23,6 +22,7 @@ from cauldron_zmq.commands.router import format_age, format_table, services
 from cauldron_zmq.config import load_config
 from cauldron_zmq.errors import TimeoutError
 from cauldron_zmq.router import RouterClient
+from cauldron_zmq.testing import free_port, free_ports
 
 BIN = Path(sys.executable).parent
 ROUTER = [str(BIN / "Cauldron-router-zmq")]
@@ -32,27 +32,9 @@ CAULDRON = [str(BIN / "cauldron-zmq")]
 
 # ============================================================================ helpers
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def free_block(n: int) -> int:
-    for _ in range(500):
-        base = random.randrange(20000, 60000 - n)
-        if all(_bindable(p) for p in range(base, base + n)):
-            return base
-    raise RuntimeError(f"no block of {n} free ports")
+    """The first port of ``n`` consecutive free ports."""
+    return free_ports(n, consecutive=True)[0]
 
 
 def write_config(tmp_path: Path, pairs: int = 8, **extra: Any) -> Path:

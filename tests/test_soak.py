@@ -9,15 +9,12 @@ end, and that real work was done.  Never a timing: the figures are printed
 """
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from scripts_support import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,17 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DURATION = float(os.environ.get("SOAK_DURATION", "10"))
 
 
-def load_script(name: str) -> ModuleType:
-    """Import ``scripts/<name>`` (a Python file without ``.py``) as a module."""
-    if name in sys.modules:
-        return sys.modules[name]
-    loader = importlib.machinery.SourceFileLoader(name, str(ROOT / "scripts" / name))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
 
 
 @pytest.mark.timeout(180)
