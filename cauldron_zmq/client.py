@@ -41,7 +41,7 @@ from .config import Config, endpoint, load_config
 from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
                      DispatcherRestarted,
                      RemoteError, RouterError, ServiceNotFound, TimeoutError, remote_exception)
-from .expression import OPERATORS, Value, compare
+from .expression import OPERATORS, ExpressionError, Value, compare, parse_relative
 from .security import (HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security, handshake_event,
                        refused_message)
 from .types import KeywordType, keyword_type
@@ -85,11 +85,16 @@ class ServiceShutDown(CauldronError):
 
 
 class HistorySlice(NamedTuple):
-    """One value a keyword held: the dispatcher's time, the native and ascii forms."""
+    """One value a keyword held: the dispatcher's time, the native and ascii forms, its name.
+
+    The fields are Cauldron's (``time, binary, ascii, name``), so code that
+    unpacks four of them runs unchanged.
+    """
 
     time: float
     binary: Any
     ascii: Optional[str]
+    name: str = ""
 
 
 class _State(NamedTuple):
@@ -1219,7 +1224,7 @@ def unknown_keyword_message(service: str, name: str, known: Iterable[str]) -> st
 # Keyword
 # =============================================================================
 
-_ALLOWED_KEYS = ("ascii", "binary", "populated", "monitored", "monitor", "reads", "writes",
+_ALLOWED_KEYS = ("ascii", "binary", "bin", "populated", "monitored", "monitor", "reads", "writes",
                  "timestamp", "units", "type", "name", "enumerators", "connected",
                  "description", "broadcasts")
 
@@ -1247,6 +1252,7 @@ class Keyword:
         self._fired_seq: Optional[int] = None    # the last change the callbacks were given
         self._fired_time: Optional[float] = None  # ...and its dispatcher time (restarts)
         self._broadcasts = 0
+        self._updates = 0                 # broadcasts and catch-up reads taken in
         self._history: Deque[HistorySlice] = collections.deque(maxlen=HISTORY_LENGTH)
         self._callbacks: List[Callable[["Keyword"], Any]] = []
         self._listeners: Set[threading.Event] = set()
@@ -1322,6 +1328,126 @@ class Keyword:
         """ascii (or any accepted form) to the native value, as the type converts it."""
         return self._kt.from_wire(value, None, check=False)
 
+    # ------------------------------------------------- values as operands
+    # KTL's Keyword compares and computes by its binary value: ``kw > 5``,
+    # ``kw == 'Open'``, ``abs(kw) > other_kw``, ``'%s' % kw``.  A keyword that
+    # has no value yet is read once first.  ``__eq__`` compares values, yet
+    # ``__hash__`` stays the object's identity: a Keyword is still a usable
+    # dict key and set member (one Keyword object per name and Service, so
+    # identity is the name), and a value that changes never moves it in a
+    # dict.  ``kw in {'Open'}`` is therefore False; compare explicitly.
+
+    def _binary_now(self) -> Any:
+        """The cached binary value, read from the dispatcher if none arrived yet."""
+        if not self._view().populated:
+            self.read()
+        return self._view().value
+
+    def _operand(self) -> Value:
+        self._binary_now()
+        return self._snapshot_view()
+
+    def _snapshot_view(self) -> Value:
+        state = self._view()
+        return Value(state.value, state.ascii, self.cast)
+
+    def _compare_to(self, op: str, other: Any) -> bool:
+        right = other._operand() if isinstance(other, Keyword) else other
+        try:
+            return compare(op, self._operand(), right, case=True)
+        except ExpressionError as exc:
+            raise TypeError(f"{self.full_name}: {exc}") from None
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or self._compare_to("==", other)
+
+    def __ne__(self, other: object) -> bool:
+        return other is not self and self._compare_to("!=", other)
+
+    def __lt__(self, other: Any) -> bool:
+        return self._compare_to("<", other)
+
+    def __le__(self, other: Any) -> bool:
+        return self._compare_to("<=", other)
+
+    def __gt__(self, other: Any) -> bool:
+        return self._compare_to(">", other)
+
+    def __ge__(self, other: Any) -> bool:
+        return self._compare_to(">=", other)
+
+    __hash__ = object.__hash__        # identity, on purpose: see above
+
+    def __str__(self) -> str:
+        """The ascii value (read first if none arrived yet), as KTL's ``str(kw)``."""
+        self._binary_now()
+        text = self._view().ascii
+        return "" if text is None else text
+
+    def __format__(self, spec: str) -> str:
+        """``f"{kw}"`` is the ascii value; ``f"{kw:.2f}"`` formats the binary value."""
+        return str(self) if not spec else format(self._binary_now(), spec)
+
+    def __int__(self) -> int:
+        return int(self._binary_now())
+
+    def __float__(self) -> float:
+        return float(self._binary_now())
+
+    def __round__(self, ndigits: Optional[int] = None) -> Any:
+        return round(self._binary_now(), ndigits)
+
+    def __abs__(self) -> Any:
+        return abs(self._binary_now())
+
+    def __neg__(self) -> Any:
+        return -self._binary_now()
+
+    def __pos__(self) -> Any:
+        return +self._binary_now()
+
+    def __add__(self, other: Any) -> Any:
+        return self._binary_now() + _value_of(other)
+
+    def __radd__(self, other: Any) -> Any:
+        return other + self._binary_now()
+
+    def __sub__(self, other: Any) -> Any:
+        return self._binary_now() - _value_of(other)
+
+    def __rsub__(self, other: Any) -> Any:
+        return other - self._binary_now()
+
+    def __mul__(self, other: Any) -> Any:
+        return self._binary_now() * _value_of(other)
+
+    def __rmul__(self, other: Any) -> Any:
+        return other * self._binary_now()
+
+    def __truediv__(self, other: Any) -> Any:
+        return self._binary_now() / _value_of(other)
+
+    def __rtruediv__(self, other: Any) -> Any:
+        return other / self._binary_now()
+
+    def __floordiv__(self, other: Any) -> Any:
+        return self._binary_now() // _value_of(other)
+
+    def __rfloordiv__(self, other: Any) -> Any:
+        return other // self._binary_now()
+
+    def __mod__(self, other: Any) -> Any:
+        return self._binary_now() % _value_of(other)
+
+    def __rmod__(self, other: Any) -> Any:
+        return other % self._binary_now()
+
+    def __pow__(self, other: Any) -> Any:
+        return self._binary_now() ** _value_of(other)
+
+    def __rpow__(self, other: Any) -> Any:
+        return other ** self._binary_now()
+
     def __getitem__(self, key: str) -> Any:
         if key not in _ALLOWED_KEYS:
             raise KeyError(f"{self.full_name}: unknown key {key!r}; "
@@ -1333,6 +1459,8 @@ class Keyword:
 
     def _item_binary(self) -> Any:
         return self.value
+
+    _item_bin = _item_binary          # KTL's short spelling
 
     def _item_populated(self) -> bool:
         return self.populated_value
@@ -1517,61 +1645,78 @@ class Keyword:
     # -------------------------------------------------------------- waiting
     def wait(self, timeout: Optional[float] = None, operator: Optional[str] = None,
              value: Any = None, sequence: Optional[Task] = None, reset: bool = False,
-             case: bool = False) -> bool:
-        """Block until the next broadcast, a comparison holds, or a write Task ends.
+             case: bool = False, *, raise_on_timeout: bool = False) -> bool:
+        """Block until the next update, a comparison holds, or a write Task ends.
 
-        * no arguments: the next broadcast of this keyword;
+        * no condition: the next update of this keyword (a broadcast, or a
+          value the client re-read to catch up) arriving after the call;
         * ``operator`` ('==', '!=', '<', '<=', '>', '>=') and ``value``: until
-          the keyword's value compares so (native form; a string is cast with
-          the keyword's type, so enumerator names work);
+          the keyword's value compares so (a string is cast with the
+          keyword's type, so enumerator names work);
         * ``sequence=task``: until that ``write(wait=False)`` Task completes
           (its error is re-raised).
 
-        Returns True; raises TimeoutError (saying the last value seen) when
-        ``timeout`` seconds (default: the service timeout) pass first.
+        Returns True, or **False when** ``timeout`` **seconds pass first**, as
+        KTL does; ``timeout=None`` waits as long as it takes.  With
+        ``raise_on_timeout=True`` an expired timeout raises TimeoutError
+        (saying the last value seen) instead.  What is not a timeout raises
+        anyway: a bad operator, a priming read the dispatcher does not answer,
+        a dispatcher silent when the timeout expires, a Service shut down.
+        ``reset`` is accepted for KTL's signature: every wait looks only at
+        updates after the call.
         """
-        limit = self._timeout(timeout)
+        limit = None if timeout is None else float(timeout)
         if sequence is not None:
-            sequence.get(limit)
-            return True
+            return self._wait_sequence(sequence, limit, raise_on_timeout)
         if operator is not None:
-            return self._wait_compare(operator, value, limit, case)
-        return self._wait_broadcast(limit)
+            return self._wait_compare(operator, value, limit, case, raise_on_timeout)
+        return self._wait_update(limit, raise_on_timeout)
 
-    def _wait_broadcast(self, limit: float) -> bool:
-        deadline = time.monotonic() + limit
+    def waitFor(self, expression: str, timeout: Optional[float] = None,  # noqa: N802 - KTL
+                case: bool = False, *, raise_on_timeout: bool = False) -> bool:
+        """Block until an expression relative to this keyword holds: ``'== "open"'``.
+
+        The expression starts with a comparison and may go on as any KTL
+        expression (``'== 1 or == 2'``, ``'>= $svc.LIMIT - 0.5'``); bare words
+        are this keyword's enumerator names.  True when it holds, False when
+        ``timeout`` expires (or TimeoutError with ``raise_on_timeout=True``).
+        """
+        from .ktl import _wait_parsed      # ktl builds on this module
+        expr = parse_relative(expression, self.service.name, self._name)
+        return _wait_parsed(expr, timeout, case, raise_on_timeout,
+                            {(self.service.name, self._name): self})
+
+    waitfor = waitFor
+
+    def _wait_sequence(self, task: Task, limit: Optional[float], raise_on_timeout: bool) -> bool:
+        if not task.wait(limit):
+            if raise_on_timeout:
+                raise TimeoutError(f"{self.full_name}: {task.description or 'task'} not "
+                                   f"complete within {_fmt_s(limit)}")
+            return False
+        task.get()                        # re-raises the request's own error
+        return True
+
+    def _wait_update(self, limit: Optional[float], raise_on_timeout: bool) -> bool:
+        deadline = None if limit is None else time.monotonic() + limit
         with self._cond:
-            start = self._broadcasts
-            while self._broadcasts == start:
+            start = self._updates
+            while self._updates == start:
                 self._check_open()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"{self.full_name}: no broadcast within {_fmt_s(limit)}; "
-                                       f"last value seen {self._state.ascii!r}")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return _timed_out([self], f"{self.full_name}: no update", limit,
+                                      raise_on_timeout)
                 self._cond.wait(remaining)
         return True
 
-    def _wait_compare(self, op: str, value: Any, limit: float, case: bool) -> bool:
+    def _wait_compare(self, op: str, value: Any, limit: Optional[float], case: bool,
+                      raise_on_timeout: bool) -> bool:
         if op not in OPERATORS:
             raise ValueError(f"{self.full_name}: unknown operator {op!r}; expected one of "
                              f"{', '.join(OPERATORS)}")
-        deadline = time.monotonic() + limit
-        self._watch(+1)
-        try:
-            if not self._monitored or not self.populated_value:
-                self.read(timeout=limit)
-            with self._cond:
-                while not compare(op, self._snapshot(), value, case):
-                    self._check_open()
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(
-                            f"{self.full_name}: {op} {value!r} not satisfied within "
-                            f"{_fmt_s(limit)}; last value seen {self._state.ascii!r}")
-                    self._cond.wait(remaining)
-        finally:
-            self._watch(-1)
-        return True
+        return _wait_until([self], lambda: compare(op, self._snapshot(), value, case), limit,
+                           f"{self.full_name} {op} {value!r}", raise_on_timeout)
 
     def _snapshot(self) -> Value:
         """The current value for an expression (the lock is re-entrant)."""
@@ -1604,8 +1749,8 @@ class Keyword:
         when not monitored (when monitored, its broadcast follows; replies
         and broadcasts travel on different sockets and may overtake each other).
         """
-        if not isinstance(payload, dict) or "value" not in payload:
-            return None
+        if not isinstance(payload, dict) or payload.get("value") is None and raw is None:
+            return None                 # no value (yet): stays unpopulated, no history entry
         native = self._decode(payload.get("value"), raw)
         text = payload.get("ascii")
         if text is None and native is not None:
@@ -1619,10 +1764,13 @@ class Keyword:
             if not self._is_stale(old, seq, stamp):
                 if not old.populated or seq != old.seq or not self._kt.equal(native, old.value):
                     self._history.append(HistorySlice(
-                        stamp if stamp is not None else time.time(), native, text))
+                        stamp if stamp is not None else time.time(), native, text, self._name))
                 self._state = state
             if source == BROADCAST:
                 self._broadcasts += 1
+            if source == BROADCAST or (source == FRESH and self._state is state and (
+                    not old.populated or (seq, stamp) != (old.seq, old.time))):
+                self._updates += 1      # what wait() with no condition waits for
             wanted = {BROADCAST: self._monitored,
                       FRESH: self._monitored or self._polled,
                       REPLY: not self._monitored}[source]
@@ -1688,6 +1836,72 @@ class Keyword:
         for event in listeners:
             event.set()
         return state if fire else None
+
+
+def _wait_until(keywords: List[Keyword], holds: Callable[[], bool], limit: Optional[float],
+                what: str, raise_on_timeout: bool) -> bool:
+    """Block until ``holds()`` is true, re-testing it on every change of ``keywords``.
+
+    The keywords are read first unless monitoring keeps them fresh (a read
+    the dispatcher does not answer raises: that is no timeout), and kept
+    fresh while waiting (re-read after any loss of broadcasts).  ``limit``
+    None waits as long as it takes, as KTL does.  Driven by updates, never
+    by polling.
+    """
+    deadline = None if limit is None else time.monotonic() + limit
+    changed = threading.Event()
+    for kw in keywords:
+        kw._watch(+1)
+        kw._add_listener(changed)
+    try:
+        _prime([kw for kw in keywords if not kw._monitored or not kw.populated_value])
+        while True:
+            changed.clear()
+            for kw in keywords:
+                kw._check_open()
+            if holds():
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return _timed_out(keywords, what, limit, raise_on_timeout)
+            changed.wait(remaining)
+    finally:
+        for kw in keywords:
+            kw._remove_listener(changed)
+            kw._watch(-1)
+
+
+def _prime(keywords: List[Keyword]) -> None:
+    """Read, in parallel and with each service's timeout, the keywords named."""
+    tasks = [kw.read(wait=False) for kw in keywords]
+    for task in tasks:
+        task.get()
+
+
+def _timed_out(keywords: List[Keyword], what: str, limit: Optional[float],
+               raise_on_timeout: bool) -> bool:
+    """False (KTL's answer to an expired timeout), unless it was no mere timeout.
+
+    A keyword whose dispatcher is silent when the time is up means the wait
+    could not be decided: that raises TimeoutError whatever
+    ``raise_on_timeout`` says, so a script never takes the "timed out" branch
+    for a dispatcher that is gone.
+    """
+    seen = ", ".join(f"{kw.full_name}={kw.ascii!r}" for kw in keywords)
+    silent = [kw.full_name for kw in keywords if not kw.connected]
+    if silent:
+        raise TimeoutError(f"{what}: not decided within {_fmt_s(limit)}: the dispatcher of "
+                           f"{', '.join(silent)} is silent (no heartbeat within liveness); "
+                           f"last values seen: {seen}")
+    if raise_on_timeout:
+        raise TimeoutError(f"{what}: not satisfied within {_fmt_s(limit)}; "
+                           f"last values seen: {seen}")
+    return False
+
+
+def _value_of(x: Any) -> Any:
+    """A Keyword's binary value (what it computes with), anything else as it is."""
+    return x._binary_now() if isinstance(x, Keyword) else x
 
 
 def _short(value: Any) -> str:

@@ -6,7 +6,11 @@ so that a client in another language can act on them without parsing text.
 
 A dispatcher-side exception reaches the client as a :class:`DispatcherError`
 that *also* derives from the original built-in exception type when there is one,
-so ``except ValueError`` works on the client exactly as it would locally.
+so ``except ValueError`` works on the client exactly as it would locally.  Every
+refusal of a value is a ``ValueError``, whichever side found it: locally a
+:class:`ConversionError`; remotely a DispatcherError whose code is
+``invalid-value`` (a range or enumerator refusal arrives typed
+``ConversionError``, which is mapped to ValueError too).
 """
 from __future__ import annotations
 
@@ -134,30 +138,52 @@ _MAPPABLE: Tuple[Type[BaseException], ...] = (
     NotImplementedError, PermissionError, OSError, ArithmeticError,
     ZeroDivisionError, OverflowError, AttributeError, AssertionError,
 )
-_combined: Dict[Tuple[type, type], type] = {}
+# A refusal of a value is a ValueError whichever side found it: the protocol
+# code says "refused the value" even when the remote type does not (a
+# ConversionError, a TypeError raised by a check hook...).
+_CODE_BUILTINS: Dict[str, Type[BaseException]] = {"invalid-value": ValueError}
+# cauldron_zmq's own exception types, by the name a peer sends, and the
+# built-in each of them also is locally.
+_OWN_TYPES: Dict[str, Type[BaseException]] = {
+    "ConversionError": ValueError, "ConfigurationError": ValueError,
+    "ExpressionError": ValueError, "ServiceNotFound": LookupError,
+    "UnknownKeyword": KeyError, "AuthenticationError": PermissionError,
+}
+_combined: Dict[Tuple[type, ...], type] = {}
 
 
-def _combine(base: Type[RemoteError], builtin: type) -> type:
-    key = (base, builtin)
+def _combine(base: Type[RemoteError], builtins_: Tuple[type, ...]) -> type:
+    key = (base,) + builtins_
     cls = _combined.get(key)
     if cls is None:
-        name = f"{base.__name__}_{builtin.__name__}"
+        name = "_".join([base.__name__] + [b.__name__ for b in builtins_])
         # KeyError/LookupError repr() their argument in str(); RemoteError.__str__ wins (MRO).
-        cls = type(name, (base, builtin), {"__module__": __name__})
+        cls = type(name, key, {"__module__": __name__})
         _combined[key] = cls
     return cls
+
+
+def _builtins_for(code: str, remote_type: str) -> Tuple[type, ...]:
+    """The built-in types an error reply's exception also is, most specific first."""
+    found = getattr(builtins, remote_type, None) if remote_type else None
+    if not (isinstance(found, type) and issubclass(found, _MAPPABLE)):
+        found = _OWN_TYPES.get(remote_type)
+    types = [found] if found is not None else []
+    by_code = _CODE_BUILTINS.get(code)
+    if by_code is not None and not any(issubclass(t, by_code) for t in types):
+        types.append(by_code)
+    return tuple(types)
 
 
 def remote_exception(message: str, *, code: str, remote_type: str = "",
                      peer: str = "", base: Type[RemoteError] = DispatcherError) -> RemoteError:
     """Build the exception a client raises for an error reply.
 
-    When ``remote_type`` names a well-known built-in exception the result is an
-    instance of both ``base`` and that built-in type.
+    When ``remote_type`` names a well-known built-in exception (or one of
+    cauldron_zmq's own, such as ConversionError, a ValueError) the result is
+    an instance of both ``base`` and that built-in type.  A reply with the
+    code ``invalid-value`` (a refused value) is always also a ValueError.
     """
-    builtin = getattr(builtins, remote_type, None) if remote_type else None
-    cls: type = base
-    if isinstance(builtin, type) and issubclass(builtin, _MAPPABLE) and not issubclass(base, builtin):
-        cls = _combine(base, builtin)
-    exc = cls(message, code=code, remote_type=remote_type, peer=peer)
-    return exc
+    extra = tuple(t for t in _builtins_for(code, remote_type) if not issubclass(base, t))
+    cls: type = _combine(base, extra) if extra else base
+    return cls(message, code=code, remote_type=remote_type, peer=peer)

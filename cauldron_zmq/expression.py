@@ -1,26 +1,36 @@
-"""KTL wait expressions: ``$service.KEYWORD == 3 and not $svc.BUSY``.
+"""KTL expressions: ``($kpffiu.ADC1STA == Ready) and $kbms.focmove == 1``.
 
-``ktl.waitFor`` blocks until such an expression is true.  KTL users type them
-in scripts and sometimes read them from configuration, so they are parsed by
-a small recursive-descent parser into a tree that can only compare and combine
-values: nothing is ever handed to ``eval``.
+``ktl.waitFor``, ``ktl.Expression`` and ``Keyword.waitFor`` take them.  KTL
+users type them in scripts and sometimes read them from configuration, so they
+are parsed by a small recursive-descent parser into a tree that can only
+compute, compare and combine values: nothing is ever handed to ``eval``.
 
-Grammar (case-insensitive words, usual precedence: not > and > or)::
+Grammar (words case-insensitive; precedence, lowest first: or, and, not,
+comparison, + -, * /, unary -)::
 
     expr       := or
     or         := and (("or" | "||") and)*
     and        := not (("and" | "&&") not)*
     not        := ("not" | "!") not | comparison
-    comparison := operand (OP operand)?      OP: == != < <= > >=
-    operand    := "(" expr ")" | $service.KEYWORD | number | "string" | 'string'
-                | true | false
+    comparison := sum (OP sum)?             OP: == != < <= > >=
+    sum        := product (("+" | "-") product)*
+    product    := unary (("*" | "/") unary)*
+    unary      := ("-" | "+") unary | operand
+    operand    := "(" expr ")" | $service.KEYWORD | service.KEYWORD | number
+                | "string" | 'string' | bare-word
 
-A keyword operand stands for its current value.  Comparing it with a literal
-converts the literal with the keyword's own type first (its ``cast``), so
-``$svc.MODE == "ready"`` compares enumerator numbers and ``$svc.T > 3``
-compares doubles; a literal the keyword cannot take is compared with the
-keyword's ascii form instead (``==``/``!=`` only).  With ``case=False``
-(KTL's default) string comparisons ignore case.
+Keyword-relative expressions (``Keyword.waitFor('== "open"')``) are parsed by
+:func:`parse_relative`: a comparison with its left side missing compares the
+keyword itself.
+
+A keyword operand stands for its current value (a :class:`Value`).  Comparing
+it with a string or a bare word converts the text with the keyword's own type
+first (its ``cast``), so an enumerated keyword equals its enumerator name and
+its number, and a boolean its names; text the keyword cannot take is compared
+with the keyword's ascii form.  Numbers compare with numeric values directly.
+A bare word is an enumerator name of the keyword it is compared with, else
+just a string (``true``/``false`` are booleans when nothing else gives them a
+meaning).  With ``case=False`` (KTL's default) string comparisons ignore case.
 """
 from __future__ import annotations
 
@@ -34,8 +44,10 @@ from .errors import CauldronError
 __all__ = [
     "ExpressionError",
     "Value",
+    "BareWord",
     "Expression",
     "parse",
+    "parse_relative",
     "compare",
     "OPERATORS",
 ]
@@ -57,9 +69,19 @@ class Value(NamedTuple):
     cast: Optional[Callable[[Any], Any]] = None
 
 
+class BareWord(str):
+    """An unquoted word (``Ready``, ``INPOS``): an enumerator name, else a string."""
+
+    @property
+    def boolean(self) -> Optional[bool]:
+        """True/False for the words ``true``/``false``, else None."""
+        return {"true": True, "false": False}.get(self.lower())
+
+
 OPERATORS = {
     "==": _op.eq, "!=": _op.ne, "<": _op.lt, "<=": _op.le, ">": _op.gt, ">=": _op.ge,
 }
+_ARITHMETIC = {"+": _op.add, "-": _op.sub, "*": _op.mul, "/": _op.truediv}
 
 Resolver = Callable[[str, str], Value]
 
@@ -70,16 +92,45 @@ def _fold(x: Any, case: bool) -> Any:
     return x.casefold() if isinstance(x, str) and not case else x
 
 
+def _is_number(x: Any) -> bool:
+    """int, float or bool (a boolean keyword compares with 0 and 1)."""
+    return isinstance(x, (int, float))
+
+
+def _numeric_text(text: Any) -> Optional[Union[int, float]]:
+    """The number a string spells, or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return _number(text.strip())
+    except ValueError:
+        return None
+
+
 def _literal_as(kw: Value, literal: Any) -> Tuple[Any, Any]:
-    """(keyword side, literal side) in a form where comparing them is meaningful."""
-    if kw.cast is not None and not isinstance(literal, Value):
-        try:
-            return kw.native, kw.cast(literal)
-        except (ValueError, TypeError):
-            if isinstance(literal, str) and kw.ascii is not None:
-                return kw.ascii, literal
-            raise
-    return kw.native, literal
+    """(keyword side, literal side) in a form where comparing them is meaningful.
+
+    Raises ValueError/TypeError when there is none (``==`` is then False).
+    """
+    native = kw.native
+    if literal is None or native is None:
+        return native, literal
+    if _is_number(literal) and not isinstance(literal, bool) and _is_number(native):
+        return native, literal
+    if _is_number(literal) and isinstance(native, str):
+        number = _numeric_text(native)        # a string keyword holding "100"
+        if number is not None:
+            return number, literal
+    if isinstance(literal, bool) and isinstance(native, bool):
+        return native, literal
+    if kw.cast is None:
+        return native, literal
+    try:
+        return native, kw.cast(literal)
+    except (ValueError, TypeError):
+        if isinstance(literal, str) and kw.ascii is not None:
+            return kw.ascii, str(literal)
+        raise
 
 
 def compare(op: str, left: Any, right: Any, case: bool = False) -> bool:
@@ -109,24 +160,75 @@ def compare(op: str, left: Any, right: Any, case: bool = False) -> bool:
 
 def _operands(left: Any, right: Any) -> Tuple[Any, Any]:
     if isinstance(left, Value) and isinstance(right, Value):
-        return left.native, right.native
+        return _both_keywords(left, right)
     if isinstance(left, Value):
         return _literal_as(left, right)
     if isinstance(right, Value):
         b, a = _literal_as(right, left)
         return a, b
-    return left, right
+    return _plain_pair(left), _plain_pair(right)
+
+
+def _both_keywords(left: Value, right: Value) -> Tuple[Any, Any]:
+    """Natives when they are alike; ascii forms when one is text and the other not."""
+    a, b = left.native, right.native
+    if a is None or b is None or (_is_number(a) and _is_number(b)):
+        return a, b
+    if isinstance(a, str) != isinstance(b, str) and left.ascii is not None \
+            and right.ascii is not None:
+        return left.ascii, right.ascii
+    return a, b
+
+
+def _plain_pair(x: Any) -> Any:
+    """A literal compared with another literal: ``true``/``false`` are booleans."""
+    if isinstance(x, BareWord) and x.boolean is not None:
+        return x.boolean
+    return x
 
 
 def _show(x: Any) -> str:
     if isinstance(x, Value):
         return repr(x.ascii if x.ascii is not None else x.native)
-    return repr(x)
+    return repr(str(x)) if isinstance(x, BareWord) else repr(x)
 
 
 def truth(x: Any) -> bool:
     """The truth of an operand: a keyword by its native value."""
-    return bool(x.native) if isinstance(x, Value) else bool(x)
+    if isinstance(x, Value):
+        return bool(x.native)
+    if isinstance(x, BareWord) and x.boolean is not None:
+        return x.boolean
+    return bool(x)
+
+
+def _arithmetic_operand(x: Any) -> Optional[Union[int, float]]:
+    """The number an operand of ``+ - * /`` stands for (None: no value yet)."""
+    if isinstance(x, Value):
+        if x.native is None:
+            return None
+        if _is_number(x.native):
+            return int(x.native) if isinstance(x.native, bool) else x.native
+        x = x.ascii if x.ascii is not None else x.native
+    if isinstance(x, bool):
+        return int(x)
+    if _is_number(x):
+        return x
+    number = _numeric_text(x)
+    if number is None:
+        raise ExpressionError(f"cannot do arithmetic with {_show(x)}: not a number")
+    return number
+
+
+def arithmetic(op: str, left: Any, right: Any) -> Optional[Union[int, float]]:
+    """``left OP right`` for ``+ - * /`` over numbers and numeric keyword values."""
+    a, b = _arithmetic_operand(left), _arithmetic_operand(right)
+    if a is None or b is None:
+        return None
+    try:
+        return _ARITHMETIC[op](a, b)
+    except ZeroDivisionError:
+        raise ExpressionError(f"division by zero: {a!r} / {b!r}") from None
 
 
 # ---------------------------------------------------------------------- tree
@@ -150,6 +252,16 @@ class Literal(Node):
 
 
 @dataclass(frozen=True)
+class Word(Node):
+    """A bare word; what it means depends on what it is compared with."""
+
+    text: str
+
+    def evaluate(self, resolve: Resolver, case: bool) -> Any:
+        return BareWord(self.text)
+
+
+@dataclass(frozen=True)
 class KeywordRef(Node):
     service: str
     keyword: str
@@ -159,6 +271,31 @@ class KeywordRef(Node):
 
     def keywords(self) -> List[Tuple[str, str]]:
         return [(self.service, self.keyword)]
+
+
+@dataclass(frozen=True)
+class Arithmetic(Node):
+    op: str            # + - * /
+    left: Node
+    right: Node
+
+    def evaluate(self, resolve: Resolver, case: bool) -> Any:
+        return arithmetic(self.op, self.left.evaluate(resolve, case),
+                          self.right.evaluate(resolve, case))
+
+    def keywords(self) -> List[Tuple[str, str]]:
+        return self.left.keywords() + self.right.keywords()
+
+
+@dataclass(frozen=True)
+class Negate(Node):
+    operand: Node
+
+    def evaluate(self, resolve: Resolver, case: bool) -> Any:
+        return arithmetic("-", 0, self.operand.evaluate(resolve, case))
+
+    def keywords(self) -> List[Tuple[str, str]]:
+        return self.operand.keywords()
 
 
 @dataclass(frozen=True)
@@ -206,19 +343,20 @@ class BoolOp(Node):
 
 _TOKEN = re.compile(r"""
     (?P<ws>\s+)
-  | (?P<kw>\$(?P<svc>[A-Za-z_][\w\-]*)\.(?P<name>[A-Za-z_][\w]*))
-  | (?P<num>[+-]?(?:0[xX][0-9a-fA-F]+|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?))
+  | (?P<kw>\$(?P<svc>[A-Za-z_][\w\-]*)\.(?P<name>[A-Za-z_]\w*(?:-[A-Za-z_]\w*)*))
+  | (?P<bare>(?P<bsvc>[A-Za-z_]\w*)\.(?P<bname>[A-Za-z_]\w*))
+  | (?P<num>0[xX][0-9a-fA-F]+|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)
   | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-  | (?P<op>==|!=|<=|>=|<|>|&&|\|\||!|\(|\))
+  | (?P<op>==|!=|<=|>=|<|>|&&|\|\||!|\(|\)|\+|-|\*|/)
   | (?P<word>[A-Za-z_]\w*)
 """, re.VERBOSE)
 
-_WORDS = {"and": "and", "or": "or", "not": "not", "true": True, "false": False}
+_RESERVED = {"and", "or", "not"}
 _SYMBOLS = {"&&": "and", "||": "or", "!": "not"}
 
 
 class Token(NamedTuple):
-    kind: str        # kw | num | str | op | word | end
+    kind: str        # kw | num | str | op | word (and/or/not) | bare (a bare word) | end
     value: Any
     pos: int
 
@@ -229,6 +367,7 @@ def _unescape(text: str) -> str:
 
 
 def _number(text: str) -> Union[int, float]:
+    """An int or float from text ("3", "-2.5e3", "0x1f"); ValueError otherwise."""
     if text.lower().lstrip("+-").startswith("0x"):
         return int(text, 16)
     try:
@@ -245,34 +384,29 @@ def tokenize(text: str) -> List[Token]:
         m = _TOKEN.match(text, pos)
         if m is None:
             raise _error(text, pos, f"unexpected character {text[pos]!r}")
-        tokens.append(_token(m, text, pos))
+        if m.lastgroup != "ws":
+            tokens.append(_token(m, pos))
         pos = m.end()
-    tokens = [t for t in tokens if t.kind != "ws"]
     tokens.append(Token("end", None, len(text)))
     return tokens
 
 
-def _token(m: "re.Match[str]", text: str, pos: int) -> Token:
-    kind = m.lastgroup or ""
-    if kind in ("svc", "name"):
-        kind = "kw"
+def _token(m: "re.Match[str]", pos: int) -> Token:
     if m.group("kw"):
         return Token("kw", (m.group("svc").lower(), m.group("name").upper()), pos)
-    if kind == "num":
+    if m.group("bare"):
+        return Token("kw", (m.group("bsvc").lower(), m.group("bname").upper()), pos)
+    if m.group("num") is not None:
         return Token("num", _number(m.group("num")), pos)
-    if kind == "str":
+    if m.group("str") is not None:
         return Token("str", _unescape(m.group("str")), pos)
-    if kind == "op":
+    if m.group("op") is not None:
         sym = m.group("op")
         return Token("word", _SYMBOLS[sym], pos) if sym in _SYMBOLS else Token("op", sym, pos)
-    if kind == "word":
-        word = m.group("word").lower()
-        if word not in _WORDS:
-            raise _error(text, pos, f"unknown word {m.group('word')!r} (keywords are written "
-                                    "$service.KEYWORD; strings need quotes)")
-        value = _WORDS[word]
-        return Token("bool", value, pos) if isinstance(value, bool) else Token("word", value, pos)
-    return Token("ws", None, pos)
+    word = m.group("word")
+    if word.lower() in _RESERVED:
+        return Token("word", word.lower(), pos)
+    return Token("bare", word, pos)
 
 
 def _error(text: str, pos: int, why: str) -> ExpressionError:
@@ -282,12 +416,17 @@ def _error(text: str, pos: int, why: str) -> ExpressionError:
 # -------------------------------------------------------------------- parser
 
 class _Parser:
-    """Recursive descent over the token list; one method per grammar rule."""
+    """Recursive descent over the token list; one method per grammar rule.
 
-    def __init__(self, text: str) -> None:
+    ``implied`` (keyword-relative expressions) is the keyword a comparison
+    with no left side compares.
+    """
+
+    def __init__(self, text: str, implied: Optional[KeywordRef] = None) -> None:
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
+        self.implied = implied
 
     @property
     def tok(self) -> Token:
@@ -301,9 +440,15 @@ class _Parser:
     def is_word(self, word: str) -> bool:
         return self.tok.kind == "word" and self.tok.value == word
 
+    def is_op(self, *ops: str) -> bool:
+        return self.tok.kind == "op" and self.tok.value in ops
+
     def parse(self) -> Node:
         if self.tok.kind == "end":
             raise _error(self.text, 0, "empty expression")
+        if self.implied is not None and not self.is_op(*OPERATORS):
+            raise _error(self.text, self.tok.pos, "an expression relative to a keyword starts "
+                         f"with a comparison ({', '.join(OPERATORS)}), like '== \"open\"'")
         node = self.parse_or()
         if self.tok.kind != "end":
             raise _error(self.text, self.tok.pos, f"unexpected {self._describe(self.tok)}")
@@ -329,28 +474,58 @@ class _Parser:
         return self.parse_comparison()
 
     def parse_comparison(self) -> Node:
-        left = self.parse_operand()
-        if self.tok.kind == "op" and self.tok.value in OPERATORS:
+        if self.implied is not None and self.is_op(*OPERATORS):
+            left: Node = self.implied             # '== "open"': the keyword itself
+        else:
+            left = self.parse_sum()
+        if self.is_op(*OPERATORS):
             op = self.take().value
-            right = self.parse_operand()
-            if self.tok.kind == "op" and self.tok.value in OPERATORS:
+            right = self.parse_sum()
+            if self.is_op(*OPERATORS):
                 raise _error(self.text, self.tok.pos,
                              "chained comparisons are not allowed; join them with 'and'")
             return Comparison(op, left, right)
         return left
 
+    def parse_sum(self) -> Node:
+        node = self.parse_product()
+        while self.is_op("+", "-"):
+            op = self.take().value
+            node = Arithmetic(op, node, self.parse_product())
+        return node
+
+    def parse_product(self) -> Node:
+        node = self.parse_unary()
+        while self.is_op("*", "/"):
+            op = self.take().value
+            node = Arithmetic(op, node, self.parse_unary())
+        return node
+
+    def parse_unary(self) -> Node:
+        if self.is_op("-", "+"):
+            op = self.take().value
+            operand = self.parse_unary()
+            if op == "+":
+                return operand
+            if isinstance(operand, Literal) and _is_number(operand.value):
+                return Literal(-operand.value)   # "-0.7" is a number, not an operation
+            return Negate(operand)
+        return self.parse_operand()
+
     def parse_operand(self) -> Node:
         tok = self.take()
         if tok.kind == "op" and tok.value == "(":
             node = self.parse_or()
-            if not (self.tok.kind == "op" and self.tok.value == ")"):
+            if not self.is_op(")"):
                 raise _error(self.text, self.tok.pos, f"expected ')', got {self._describe(self.tok)}")
             self.take()
             return node
         if tok.kind == "kw":
             return KeywordRef(*tok.value)
-        if tok.kind in ("num", "str", "bool"):
+        if tok.kind in ("num", "str"):
             return Literal(tok.value)
+        if tok.kind == "bare":
+            return Word(tok.value)
         raise _error(self.text, tok.pos, f"expected a value, got {self._describe(tok)}")
 
     @staticmethod
@@ -389,3 +564,14 @@ def parse(text: str) -> Expression:
         raise TypeError(f"an expression is a str, not {type(text).__name__}")
     return Expression(text, _Parser(text).parse())
 
+
+def parse_relative(text: str, service: str, keyword: str) -> Expression:
+    """Parse an expression relative to ``service.KEYWORD``: ``'== "open"'``, ``'>= 5.0'``.
+
+    Every comparison whose left side is missing compares that keyword, so
+    ``'== 1 or == 2'`` works too.  ``text`` must start with a comparison.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"an expression is a str, not {type(text).__name__}")
+    implied = KeywordRef(service.strip().lower(), keyword.strip().upper())
+    return Expression(text, _Parser(text, implied).parse())

@@ -19,25 +19,33 @@ original Cauldron.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from . import client as _client
 from .client import _services as _client_services
 from .client import HistorySlice, Keyword, Service, ServiceShutDown, Task, UnknownKeyword
 from .config import Config
-from .errors import (AuthenticationError, CauldronError, DispatcherError, DispatcherRestarted,
-                     RouterError, ServiceNotFound, TimeoutError)
+from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
+                     DispatcherRestarted, RouterError, ServiceNotFound, TimeoutError)
 from .expression import ExpressionError
 from .expression import parse as parse_expression
 
+# What ``dir(ktl)`` and ``from cauldron_zmq.ktl import *`` show: KTL's names and
+# the errors a script catches.
 __all__ = [
-    "Service", "Keyword", "Task", "HistorySlice",
+    "Service", "Keyword", "Task", "HistorySlice", "Expression",
     "CauldronError", "DispatcherError", "RouterError", "ServiceNotFound", "TimeoutError",
     "UnknownKeyword", "ServiceShutDown", "ExpressionError", "DispatcherRestarted",
-    "AuthenticationError",
+    "AuthenticationError", "ConversionError",
     "cache", "cache_clear", "read", "write", "monitor", "subscribe", "wait", "callback",
     "poll", "waitFor", "waitfor",
 ]
+
+
+def __dir__() -> List[str]:
+    """Only the public KTL names (``dir(ktl)``), not the imports behind them."""
+    return sorted(__all__)
+
 
 ConfigArg = Union[str, Config, None]
 
@@ -105,8 +113,52 @@ def write(service: str, keyword: str, value: Any, *args: Any, **kwargs: Any) -> 
 
 
 def monitor(service: str, keyword: str, *args: Any, **kwargs: Any) -> Any:
-    """``cache(service, keyword).monitor(...)``."""
-    return cache(service, keyword).monitor(*args, **kwargs)  # type: ignore[union-attr]
+    """KTL's procedural monitor, in either of its two shapes.
+
+    * ``monitor(service, keyword, callback, data=None, prime=True, wait=True)``
+      calls ``callback(keyword, value, data)`` on every update, ``keyword``
+      the :class:`Keyword` and ``value`` its ascii value, and monitors it;
+    * ``monitor(service, keyword, start=True, prime=True, wait=True)`` is
+      ``cache(service, keyword).monitor(...)``.
+
+    Any other shape (a callback that is not callable, a fifth positional
+    argument, an unknown option) is a TypeError, never ignored.
+    """
+    kw: Keyword = cache(service, keyword)  # type: ignore[assignment]
+    function = kwargs.pop("callback", None)
+    if function is None and args and not isinstance(args[0], (bool, int)):
+        function, args = args[0], args[1:]
+    if function is None:
+        for name, flag in zip(("start", "prime", "wait"), args):
+            if not isinstance(flag, (bool, int)):
+                raise TypeError(f"ktl.monitor({service!r}, {keyword!r}, ...): {name} must be a "
+                                f"bool, not {flag!r} (or pass a callable callback first)")
+        if len(args) > 3:
+            raise TypeError(f"ktl.monitor() takes at most start, prime, wait; got {args!r}")
+        return kw.monitor(*args, **kwargs)
+    return _monitor_with(kw, function, args, kwargs)
+
+
+def _monitor_with(kw: Keyword, function: Any, args: Tuple[Any, ...],
+                  options: Dict[str, Any]) -> Any:
+    """``monitor(service, keyword, callback, data)``: callback(keyword, ascii, data)."""
+    if not callable(function):
+        raise TypeError(f"ktl.monitor({kw.service.name!r}, {kw.name!r}, callback, data): "
+                        f"callback {function!r} is not callable")
+    if len(args) > 1:
+        raise TypeError(f"ktl.monitor(service, keyword, callback, data) takes one data "
+                        f"argument, got {len(args)}")
+    data = args[0] if args else options.pop("data", None)
+    unknown = set(options) - {"prime", "wait"}
+    if unknown:
+        raise TypeError(f"ktl.monitor(service, keyword, callback, data): unknown option(s) "
+                        f"{', '.join(sorted(unknown))}")
+
+    def relay(k: Keyword) -> None:
+        function(k, k["ascii"], data)
+
+    kw.callback(relay)
+    return kw.monitor(start=True, **options)
 
 
 subscribe = monitor
@@ -130,63 +182,86 @@ def poll(service: str, keyword: str, *args: Any, **kwargs: Any) -> None:
 
 # ------------------------------------------------------------------- waitFor
 
-def waitFor(expression: str, timeout: Optional[float] = None, case: bool = False) -> bool:  # noqa: N802
-    """Block until ``expression`` (e.g. ``"$svc.KW == 3 and $svc.MODE != 'OFF'"``) is true.
+def waitFor(expression: str, timeout: Optional[float] = None, case: bool = False,  # noqa: N802
+            *, raise_on_timeout: bool = False) -> bool:
+    """Block until ``expression`` (``"$svc.KW == 3 and ($svc.MODE != Off)"``) is true.
 
-    Keywords come from the module cache and are kept fresh while waiting
-    (re-read after any loss of broadcasts).  The expression is re-evaluated
-    on each update, never by polling.  Returns True; raises TimeoutError
-    listing the last values seen once ``timeout`` s (default: the longest
-    timeout of the services involved) pass.  ``case=False`` compares strings
-    ignoring case, as KTL does.
+    Returns True when it holds and **False when** ``timeout`` **seconds pass
+    first**, as KTL does (``if ktl.waitFor(...) is False:`` takes its branch);
+    ``timeout=None`` waits as long as it takes.  ``raise_on_timeout=True``
+    raises TimeoutError, listing the last values seen, instead of returning
+    False.  What is not a timeout raises: bad syntax
+    (:class:`~cauldron_zmq.expression.ExpressionError`), an unknown service
+    or keyword, a dispatcher that does not answer the priming read or is
+    silent when the time is up, a Service shut down.  ``case=False`` compares
+    strings ignoring case, as KTL does.
+
+    Keywords come from the module cache (or a Service the program opened)
+    and are kept fresh while waiting; the expression is re-evaluated on each
+    update, never by polling.
     """
-    expr = parse_expression(expression)
-    pairs = expr.keywords
-    if not pairs:
-        raise ExpressionError(f"expression {expression!r} reads no keyword ($service.KEYWORD)")
-    keywords: Dict[Tuple[str, str], Keyword] = {
-        pair: cache(*pair) for pair in pairs}  # type: ignore[misc]
-    limit = float(timeout) if timeout is not None else max(
-        kw.service.timeout for kw in keywords.values())
-    return _wait_expression(expr, keywords, limit, case)
+    return Expression(expression, case).wait(timeout, raise_on_timeout=raise_on_timeout)
 
 
 waitfor = waitFor
 
 
-def _wait_expression(expr: Any, keywords: Dict[Tuple[str, str], Keyword],
-                     limit: float, case: bool) -> bool:
-    deadline = time.monotonic() + limit
-    changed = threading.Event()
-    for kw in keywords.values():
-        kw._watch(+1)
-        kw._add_listener(changed)
-    try:
-        _prime([kw for kw in keywords.values() if not kw._monitored or not kw.populated_value],
-               limit)
-        while True:
-            changed.clear()
-            for kw in keywords.values():
-                kw._check_open()
-            if expr.evaluate(lambda s, k: keywords[(s, k)]._snapshot(), case):
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"waitFor({expr.text!r}) not satisfied within {limit:g} s; "
-                                   f"last values seen: {_last_values(keywords)}")
-            changed.wait(remaining)
-    finally:
-        for kw in keywords.values():
-            kw._remove_listener(changed)
-            kw._watch(-1)
+class Expression:
+    """KTL's ``ktl.Expression``: a parsed expression to evaluate or wait on, reusable.
+
+    ``Expression("$kbms.focmove == 0")`` parses at once (ExpressionError on
+    bad syntax) and finds its keywords when first used.  :meth:`evaluate`
+    gives its truth now; :meth:`wait` blocks until it is true (True) or the
+    timeout expires (False).
+    """
+
+    def __init__(self, expression: str, case: bool = False) -> None:
+        self._parsed = parse_expression(expression)
+        if not self._parsed.keywords:
+            raise ExpressionError(f"expression {expression!r} reads no keyword "
+                                  "($service.KEYWORD)")
+        self.text = expression
+        self.case = bool(case)
+
+    @property
+    def keywords(self) -> List[Tuple[str, str]]:
+        """The (service, KEYWORD) pairs the expression reads."""
+        return self._parsed.keywords
+
+    def evaluate(self) -> bool:
+        """The expression's truth now: monitored keywords from the cache, others read."""
+        keywords = _resolve(self._parsed, {})
+        _client._prime([kw for kw in keywords.values()
+                        if not kw._monitored or not kw.populated_value])
+        return self._parsed.evaluate(lambda s, k: keywords[(s, k)]._snapshot(), self.case)
+
+    def wait(self, timeout: Optional[float] = None, *, raise_on_timeout: bool = False) -> bool:
+        """True once the expression holds; False if ``timeout`` s pass first (None: no limit)."""
+        return _wait_parsed(self._parsed, timeout, self.case, raise_on_timeout, {})
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        case = ", case=True" if self.case else ""
+        return f"ktl.Expression({self.text!r}{case})"
 
 
-def _prime(keywords: List[Keyword], limit: float) -> None:
-    """Read, in parallel, what is not kept fresh by monitoring already."""
-    tasks = [kw.read(wait=False, timeout=limit) for kw in keywords]
-    for task in tasks:
-        task.get()
+def _resolve(expr: Any, known: Dict[Tuple[str, str], Keyword]) -> Dict[Tuple[str, str], Keyword]:
+    """Every keyword the expression reads, ``known`` ones as given, others cached."""
+    keywords = dict(known)
+    for pair in expr.keywords:
+        if pair not in keywords:
+            keywords[pair] = cache(*pair)  # type: ignore[assignment]
+    return keywords
 
 
-def _last_values(keywords: Dict[Tuple[str, str], Keyword]) -> str:
-    return ", ".join(f"{kw.full_name}={kw.ascii!r}" for kw in keywords.values())
+def _wait_parsed(expr: Any, timeout: Optional[float], case: bool, raise_on_timeout: bool,
+                 known: Dict[Tuple[str, str], Keyword]) -> bool:
+    """The waiting behind waitFor, Expression.wait and Keyword.waitFor."""
+    keywords = _resolve(expr, known)
+    limit = None if timeout is None else float(timeout)
+    return _client._wait_until(
+        list(keywords.values()),
+        lambda: expr.evaluate(lambda s, k: keywords[(s, k)]._snapshot(), case),
+        limit, f"waitFor({expr.text!r})", raise_on_timeout)

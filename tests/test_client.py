@@ -296,8 +296,8 @@ def test_history(svc: ktl.Service) -> None:
     assert [h.binary for h in last] == [20, 21, 22]
     assert [h.ascii for h in last] == ["20", "21", "22"]
     assert all(isinstance(h.time, float) for h in last)
-    time_, binary, text = last[-1]
-    assert binary == 22 and text == "22"
+    time_, binary, text, name = last[-1]           # Cauldron's four fields
+    assert binary == 22 and text == "22" and name == "COUNT"
 
 
 # -------------------------------------------------------- monitor and callback
@@ -422,9 +422,10 @@ def test_wait_for_next_broadcast(svc: ktl.Service, disp: Any) -> None:
     threading.Timer(0.1, lambda: disp["COUNT"].set(70)).start()
     assert count.wait(timeout=3) is True
     assert count["ascii"] == "70"
+    assert count.wait(timeout=0.1) is False              # KTL: False on timeout
     with pytest.raises(TimeoutError) as info:
-        count.wait(timeout=0.1)
-    assert "last value seen '70'" in str(info.value)
+        count.wait(timeout=0.1, raise_on_timeout=True)
+    assert "ctest.COUNT='70'" in str(info.value)
 
 
 def test_wait_for_comparison(svc: ktl.Service, disp: Any) -> None:
@@ -441,9 +442,10 @@ def test_wait_for_comparison(svc: ktl.Service, disp: Any) -> None:
     timer.start()
     assert temp.wait(timeout=3, operator=">", value=25)
     timer.join()
+    assert temp.wait(timeout=0.1, operator="<", value=0) is False
     with pytest.raises(TimeoutError) as info:
-        temp.wait(timeout=0.1, operator="<", value=0)
-    assert "last value seen '30.0'" in str(info.value) and "ctest.TEMP" in str(info.value)
+        temp.wait(timeout=0.1, operator="<", value=0, raise_on_timeout=True)
+    assert "ctest.TEMP='30.0'" in str(info.value)
     with pytest.raises(ValueError):
         temp.wait(timeout=0.1, operator="=~", value=0)
 
@@ -458,8 +460,9 @@ def test_waitfor_expressions(harness: ServiceHarness, disp: Any) -> None:
         assert ktl.waitFor("$ctest.COUNT > 3 and $ctest.MODE == 'ON'", timeout=3) is True
         timer.join()
         assert ktl.waitfor("$ctest.COUNT == 5 or $ctest.NAME == 'nope'", 1)
+        assert ktl.waitFor("$ctest.COUNT < 0", timeout=0.2) is False
         with pytest.raises(TimeoutError) as info:
-            ktl.waitFor("$ctest.COUNT < 0", timeout=0.2)
+            ktl.waitFor("$ctest.COUNT < 0", timeout=0.2, raise_on_timeout=True)
         assert "ctest.COUNT='5'" in str(info.value)
         with pytest.raises(ExpressionError):
             ktl.waitFor("$ctest.COUNT <", timeout=0.2)
