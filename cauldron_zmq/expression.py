@@ -107,10 +107,12 @@ def _numeric_text(text: Any) -> Optional[Union[int, float]]:
         return None
 
 
-def _literal_as(kw: Value, literal: Any) -> Tuple[Any, Any]:
+def _literal_as(kw: Value, literal: Any, ordering: bool = False) -> Tuple[Any, Any]:
     """(keyword side, literal side) in a form where comparing them is meaningful.
 
     Raises ValueError/TypeError when there is none (``==`` is then False).
+    Text the keyword's type cannot take is compared with its ascii form, for
+    equality only (``ordering``: ``$svc.TEMP < 'abc'`` is an error).
     """
     native = kw.native
     if literal is None or native is None:
@@ -128,7 +130,7 @@ def _literal_as(kw: Value, literal: Any) -> Tuple[Any, Any]:
     try:
         return native, kw.cast(literal)
     except (ValueError, TypeError):
-        if isinstance(literal, str) and kw.ascii is not None:
+        if isinstance(literal, str) and kw.ascii is not None and not ordering:
             return kw.ascii, str(literal)
         raise
 
@@ -143,7 +145,7 @@ def compare(op: str, left: Any, right: Any, case: bool = False) -> bool:
     if fn is None:
         raise ExpressionError(f"unknown operator {op!r}; expected one of {', '.join(OPERATORS)}")
     try:
-        a, b = _operands(left, right)
+        a, b = _operands(left, right, op not in ("==", "!="))
     except (ValueError, TypeError) as exc:
         if op in ("==", "!="):
             return op == "!="
@@ -158,13 +160,13 @@ def compare(op: str, left: Any, right: Any, case: bool = False) -> bool:
         raise ExpressionError(f"cannot compare {_show(left)} {op} {_show(right)}") from None
 
 
-def _operands(left: Any, right: Any) -> Tuple[Any, Any]:
+def _operands(left: Any, right: Any, ordering: bool = False) -> Tuple[Any, Any]:
     if isinstance(left, Value) and isinstance(right, Value):
         return _both_keywords(left, right)
     if isinstance(left, Value):
-        return _literal_as(left, right)
+        return _literal_as(left, right, ordering)
     if isinstance(right, Value):
-        b, a = _literal_as(right, left)
+        b, a = _literal_as(right, left, ordering)
         return a, b
     return _plain_pair(left), _plain_pair(right)
 
