@@ -1689,6 +1689,9 @@ class Keyword:
     waitfor = waitFor
 
     def _wait_sequence(self, task: Task, limit: Optional[float], raise_on_timeout: bool) -> bool:
+        if not isinstance(task, Task):
+            raise TypeError(f"{self.full_name}: sequence= takes the Task that "
+                            f"write(wait=False) returned, not {task!r}")
         if not task.wait(limit):
             if raise_on_timeout:
                 raise TimeoutError(f"{self.full_name}: {task.description or 'task'} not "

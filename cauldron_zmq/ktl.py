@@ -210,7 +210,9 @@ class Expression:
     """KTL's ``ktl.Expression``: a parsed expression to evaluate or wait on, reusable.
 
     ``Expression("$kbms.focmove == 0")`` parses at once (ExpressionError on
-    bad syntax) and finds its keywords when first used.  :meth:`evaluate`
+    bad syntax) and finds its keywords (KeyError for an unknown one,
+    ServiceNotFound for an unknown service); each use looks them up again in
+    the cache, so an Expression outlives :func:`cache_clear`.  :meth:`evaluate`
     gives its truth now; :meth:`wait` blocks until it is true (True) or the
     timeout expires (False).
     """
@@ -222,6 +224,7 @@ class Expression:
                                   "($service.KEYWORD)")
         self.text = expression
         self.case = bool(case)
+        _resolve(self._parsed, {})        # an unknown service or keyword raises now
 
     @property
     def keywords(self) -> List[Tuple[str, str]]:

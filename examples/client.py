@@ -47,13 +47,15 @@ def run(svc: "ktl.Service") -> None:
         svc["FILTER"].write("I")
     except ktl.DispatcherError as exc:
         say(f"  a second move while moving is refused: {exc}")
-    moving.wait(timeout=30, operator="==", value=False)
+    if not moving.wait(timeout=30, operator="==", value=False):    # False: timed out, as KTL
+        say("  the filter wheel did not stop within 30 s")
     say(f"  FILTER = {svc['FILTER'].read()}")
 
     say("Heating: SETPOINT = 25, then waiting for TEMP > 24")
     svc["SETPOINT"].write(25)
     svc["TEMP"].monitor()
-    ktl.waitFor(f"${svc.name}.TEMP > 24", timeout=30)
+    if not ktl.waitFor(f"${svc.name}.TEMP > 24", timeout=30):
+        say("  TEMP did not pass 24 degC within 30 s")
     say(f"  TEMP = {svc['TEMP'].read()} degC")
     svc["SETPOINT"].write(20)
     say("Done.")
