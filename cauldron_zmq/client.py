@@ -1302,6 +1302,11 @@ class Keyword:
         return self._view().value
 
     @property
+    def binary(self) -> Any:
+        """KTL's name for :attr:`value`: the cached native value (None until one arrived)."""
+        return self._view().value
+
+    @property
     def ascii(self) -> Optional[str]:
         return self._view().ascii
 

@@ -240,6 +240,13 @@ def test_arithmetic() -> None:
         ev("$svc.NAME + 1 > 1")
 
 
+def test_bare_words_with_a_decimal_part() -> None:
+    assert parse("($kpfcal.ND1POS == OD0.1)").tree == Comparison(
+        "==", KeywordRef("kpfcal", "ND1POS"), Word("OD0.1"))
+    nd = kt_value("enumerated", 1, enumerators=["OD0.0", "OD0.1", "OD1.0"])
+    assert parse("$kpfcal.ND1POS == OD0.1").evaluate(lambda s, k: nd) is True
+
+
 def test_service_without_dollar_and_names_with_dashes() -> None:
     assert parse("kcas.status == OK").keywords == [("kcas", "STATUS")]
     assert parse("$dcs.DATE-OBS == '2024-01-01'").keywords == [("dcs", "DATE-OBS")]

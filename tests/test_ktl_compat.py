@@ -333,6 +333,30 @@ def test_keywords_compare_and_compute_by_value(field: Field) -> None:
         pos < "abc"  # noqa: B015 - the comparison is the test
 
 
+def test_mechanism_code_computes_with_keywords(field: Field) -> None:
+    """As a camera script does: ``(exposureTime + triggerTime) * seq``, ``'%d' % imno``."""
+    limit, focmove, artprog = (ktl.cache("kbms", n) for n in ("LIMIT", "FOCMOVE", "ARTPROG"))
+    for kw in (limit, focmove, artprog):
+        kw.monitor()
+    try:
+        wait_time = (limit + focmove) * artprog
+        assert wait_time == (5.0 + 1) * 40 and wait_time > 1
+        assert "%s: %.3f s exposure %d of %d (image # %d)" % ("now", limit, 1, 2, artprog) == \
+            "now: 5.000 s exposure 1 of 2 (image # 40)"
+        assert artprog.binary == 40 and artprog.ascii == "40"
+        field["kbms"]["ARTPROG"].set(41)
+        wait_until(lambda: artprog == 41, 3, message="the broadcast")
+        assert artprog != 40 and str(artprog) == "41"
+    finally:
+        for kw in (limit, focmove, artprog):
+            kw.monitor(start=False)
+
+
+def test_ordering_with_enumerator_names(field: Field) -> None:
+    assert ktl.waitFor("($kpfexpose.EXPOSE >= Ready)", timeout=1) is True
+    assert ktl.waitFor("($kpfexpose.EXPOSE > Start)", timeout=0.1) is False
+
+
 def test_keywords_stay_usable_as_dict_keys_and_in_sets(field: Field) -> None:
     a, b = ktl.cache("kbms", "FOCMOVE"), ktl.cache("kbms", "ARTPROG")
     field["kbms"]["ARTPROG"].set(1)
