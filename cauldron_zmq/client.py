@@ -1536,8 +1536,9 @@ class Keyword:
 
         Returns the value as applied (ascii; native with ``binary=True``).  A
         refusal raises the dispatcher's error (a DispatcherError that is also
-        the remote built-in type, e.g. ValueError).  ``wait=False`` returns a
-        :class:`Task`.
+        the remote built-in type); a refused *value* is always a ValueError,
+        whichever side refused it (ConversionError here, code
+        ``invalid-value`` there).  ``wait=False`` returns a :class:`Task`.
         """
         wire, raw = self._encode(value)
         engine = self.service._engine_or_raise()

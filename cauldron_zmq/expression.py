@@ -19,6 +19,10 @@ comparison, + -, * /, unary -)::
     operand    := "(" expr ")" | $service.KEYWORD | service.KEYWORD | number
                 | "string" | 'string' | bare-word
 
+``$svc.DATE-OBS`` is one keyword (a dash between letters, after ``$`` only);
+a bare word is letters, digits and underscores, with decimal parts
+(``OD0.1``); ``&&``, ``||`` and ``!`` are and, or and not.
+
 Keyword-relative expressions (``Keyword.waitFor('== "open"')``) are parsed by
 :func:`parse_relative`: a comparison with its left side missing compares the
 keyword itself.
