@@ -1301,6 +1301,13 @@ class Keyword:
         """The cached native ("binary") value; None until one was received."""
         return self._view().value
 
+    def _current_value(self, binary: bool = False, both: bool = False) -> Any:
+        """The cached value as ``read()`` would give it, without asking (Cauldron's name)."""
+        state = self._view()
+        if both:
+            return state.value, state.ascii
+        return state.value if binary else state.ascii
+
     @property
     def binary(self) -> Any:
         """KTL's name for :attr:`value`: the cached native value (None until one arrived)."""

@@ -377,6 +377,7 @@ def test_populated_and_ascii_before_any_value(field: Field) -> None:
     field["kbms"]["NOVALUE"].set("now")
     assert kw.read() == "now"
     assert kw["populated"] is True and kw["ascii"] == "now" and kw["bin"] == "now"
+    assert kw._current_value(both=True) == ("now", "now")     # Cauldron's own test uses it
     entry = kw.history[-1]
     assert entry.name == "NOVALUE" and entry.ascii == "now" and len(kw.history) == 1
 
