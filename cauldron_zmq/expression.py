@@ -358,6 +358,7 @@ _TOKEN = re.compile(r"""
 """, re.VERBOSE)
 
 _RESERVED = {"and", "or", "not"}
+MAX_DEPTH = 40   # nesting of ( ), not, unary minus: deeper is an error, not a RecursionError
 _SYMBOLS = {"&&": "and", "||": "or", "!": "not"}
 
 
@@ -433,6 +434,13 @@ class _Parser:
         self.tokens = tokenize(text)
         self.i = 0
         self.implied = implied
+        self.depth = 0
+
+    def nest(self, pos: int) -> None:
+        """One level deeper (a parenthesis, a not, a unary minus); bounded."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _error(self.text, pos, f"nested more than {MAX_DEPTH} levels deep")
 
     @property
     def tok(self) -> Token:
@@ -475,8 +483,10 @@ class _Parser:
 
     def parse_not(self) -> Node:
         if self.is_word("not"):
-            self.take()
-            return Not(self.parse_not())
+            self.nest(self.take().pos)
+            node: Node = Not(self.parse_not())
+            self.depth -= 1
+            return node
         return self.parse_comparison()
 
     def parse_comparison(self) -> Node:
@@ -509,8 +519,11 @@ class _Parser:
 
     def parse_unary(self) -> Node:
         if self.is_op("-", "+"):
-            op = self.take().value
+            tok = self.take()
+            op = tok.value
+            self.nest(tok.pos)
             operand = self.parse_unary()
+            self.depth -= 1
             if op == "+":
                 return operand
             if isinstance(operand, Literal) and _is_number(operand.value):
@@ -521,7 +534,9 @@ class _Parser:
     def parse_operand(self) -> Node:
         tok = self.take()
         if tok.kind == "op" and tok.value == "(":
+            self.nest(tok.pos)
             node = self.parse_or()
+            self.depth -= 1
             if not self.is_op(")"):
                 raise _error(self.text, self.tok.pos, f"expected ')', got {self._describe(self.tok)}")
             self.take()

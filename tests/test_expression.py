@@ -292,3 +292,17 @@ def test_numbers_compare_numerically_with_string_keywords() -> None:
     assert compare("==", Value("100", "100", str), 100)
     assert compare("!=", Value("100", "100", str), 99)
     assert compare("==", Value(None, None, str), 1) is False
+
+
+@pytest.mark.parametrize("text", [
+    "(" * 5000 + "$svc.A == 1" + ")" * 5000,
+    "not " * 5000 + "$svc.A",
+    "-" * 5000 + "1 == 1",
+])
+def test_deep_nesting_is_an_error_not_a_crash(text: str) -> None:
+    with pytest.raises(ExpressionError, match="nested more than"):
+        parse(text)
+
+
+def test_reasonable_nesting_parses() -> None:
+    assert ev("((($other.COUNT == 3)))") and ev("not not ($other.COUNT == 3)") and ev("--3 == 3")
