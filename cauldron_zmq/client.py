@@ -1224,8 +1224,8 @@ def unknown_keyword_message(service: str, name: str, known: Iterable[str]) -> st
 # Keyword
 # =============================================================================
 
-_ALLOWED_KEYS = ("ascii", "binary", "bin", "populated", "monitored", "monitor", "reads", "writes",
-                 "timestamp", "units", "type", "name", "enumerators", "connected",
+_ALLOWED_KEYS = ("ascii", "binary", "bin", "populated", "monitored", "monitor", "reads",
+                 "writes", "timestamp", "units", "type", "name", "enumerators", "connected",
                  "description", "broadcasts")
 
 

@@ -7,14 +7,16 @@ Scripts written for Keck's ``ktl`` module run after changing one import::
     svc = ktl.Service("mysvc")
     svc["TEMP"].write(21.5)             # returns once the dispatcher applied it
     print(svc["TEMP"].read())           # '21.5'
-    ktl.waitFor("$mysvc.MODE == 'ON'", timeout=30)
+    if ktl.waitFor("$mysvc.MODE == ON", timeout=30) is False:   # False: timed out
+        print("MODE is not ON")
 
 The classes live in :mod:`cauldron_zmq.client`; this module adds KTL's
 procedural functions (``ktl.read("svc", "KW")``...), which share a per-module
 cache of :class:`Service` objects (:func:`cache`, :func:`cache_clear`), and
-:func:`waitFor` for expressions over keywords of any services.
-``docs/client.rst`` describes it all, including where it differs from the
-original Cauldron.
+:func:`waitFor` and :class:`Expression` for expressions over keywords of any
+services.  Every KTL name keeps KTL's meaning, return values included (a wait
+returns False on a timeout); ``docs/client.rst`` describes it all and
+``docs/migrating.rst`` lists each difference from KTL.
 """
 from __future__ import annotations
 
