@@ -306,3 +306,12 @@ def test_deep_nesting_is_an_error_not_a_crash(text: str) -> None:
 
 def test_reasonable_nesting_parses() -> None:
     assert ev("((($other.COUNT == 3)))") and ev("not not ($other.COUNT == 3)") and ev("--3 == 3")
+
+
+@given(st.text(alphabet="$.abAB01 =!<>()'\"-+*/&|", max_size=30))
+def test_relative_parser_never_crashes(text: str) -> None:
+    try:
+        expr = parse_relative(text, "svc", "KW")
+    except ExpressionError:
+        return
+    assert ("svc", "KW") in expr.keywords
