@@ -258,8 +258,14 @@ def test_task_get_timeout(svc: ktl.Service) -> None:
     with pytest.raises(TimeoutError):
         task.get(timeout=0.05)
     assert task.status == "pending"
+    assert svc["SLOW"].wait(sequence=task, timeout=0.05) is False     # KTL: False on timeout
+    with pytest.raises(TimeoutError):
+        svc["SLOW"].wait(sequence=task, timeout=0.05, raise_on_timeout=True)
+    with pytest.raises(TypeError):
+        svc["SLOW"].wait(sequence=3)                  # KTL's sequence numbers are Tasks here
     GATE.set()
     assert task.get() == "7"
+    assert svc["SLOW"].wait(sequence=task) is True
 
 
 # --------------------------------------------------------------- item access
