@@ -65,6 +65,7 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
         verbose = kwargs.get("verbose", 0)
         setup_logging(verbose, quiet=True)
         ctx = click.get_current_context()
+        ctx.meta[_VERBOSE] = verbose
         try:
             return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -72,10 +73,11 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BrokenPipeError:
             raise                 # click ends the command quietly
         except (CauldronError, KeyError, ValueError, TypeError, OSError) as exc:
-            if verbose:
-                traceback.print_exc()
             _fail(ctx.info_name or "cauldron-zmq", exc)
     return run
+
+
+_VERBOSE = "cauldron_zmq.verbose"
 
 
 def _fail(command: str, exc: BaseException) -> None:
@@ -84,6 +86,10 @@ def _fail(command: str, exc: BaseException) -> None:
 
 
 def _error_line(command: str, exc: BaseException) -> None:
+    """'cauldron-zmq COMMAND: error: ...', after the exception's traceback with -v."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get(_VERBOSE):
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
     click.echo(f"cauldron-zmq {command}: error: {_one_line(exc)}", err=True)
 
 
@@ -270,7 +276,7 @@ def _binary_value(text: str) -> Any:
 
 
 @click.command("modify", cls=KtlCommand, ktl_spellings=MODIFY_SPELLINGS,
-               context_settings=_ARGS_CONTEXT)
+               join_assignments=True, context_settings=_ARGS_CONTEXT)
 @_service_option()
 @click.argument("assignments", nargs=-1, required=True, type=click.UNPROCESSED,
                 metavar="KEYWORD=VALUE...")
