@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Iterator, List
 
@@ -361,7 +362,7 @@ def test_list_shows_keywords_of_a_dispatcher_that_is_down(tmp_path: Path) -> Non
         rows = {line.split()[0]: line.split() for line in lines[1:3]}
         assert rows["FOCUS"][1:4] == ["KTL_DOUBLE", "mm", "rw"]
         assert rows["SHUTTER"] == ["SHUTTER", "(camera", "down)"]
-        assert re.fullmatch(r"dispatcher 'camera' is down \(last heard \S+ ago\); "
+        assert re.fullmatch(r"dispatcher 'camera' is down \(last heard \S+ s ago\); "
                             r"1 keyword without a value here", lines[3]), lines
         data = json.loads(run("list", "-s", "spec", "--json", "-c", str(h.config_path)).stdout)
         assert (data["SHUTTER"]["dispatcher"], data["SHUTTER"]["state"]) == ("camera", "down")
@@ -382,7 +383,28 @@ def test_list_a_service_whose_only_dispatcher_went_silent(tmp_path: Path) -> Non
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         assert lines[1].split() == ["POS", "(default", "stale)"]
-        assert lines[2].startswith("dispatcher 'default' is stale (last heard ")
+        assert re.fullmatch(r"dispatcher 'default' is stale \(last heard \d+(\.\d)? s ago\); "
+                            r"1 keyword without a value here", lines[2]), lines
+
+
+def test_list_a_dispatcher_that_died_a_moment_ago(tmp_path: Path) -> None:
+    """Still live in the router's book (long expiry), but it does not answer."""
+    keywords = tmp_path / "kw.toml"
+    keywords.write_text('[keyword.POS]\ntype = "double"\ninitial = 1.0\n'
+                        '[keyword.VEL]\ntype = "double"\ninitial = 0.0\n')
+    with ServiceHarness(keywords, "died", subprocess=True, directory=tmp_path,
+                        config={"zmq-router": {"expiry": 60.0}}) as h:
+        h.kill_dispatcher()
+        started = time.monotonic()
+        result = run("list", "-s", "died", "-t", "0.5", "-c", str(h.config_path))
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert [line.split()[0] for line in lines[1:3]] == ["POS", "VEL"]
+        assert all(line.endswith("(default not answering)") for line in lines[1:3]), lines
+        assert lines[3].startswith("dispatcher 'default' is registered but not answering (")
+        assert lines[3].endswith("; 2 keywords without a value here")
+        assert elapsed < 15                 # one timeout per dispatcher, not one per keyword
 
 
 def test_listings_say_so_when_empty_and_count_in_the_singular(tmp_path: Path) -> None:

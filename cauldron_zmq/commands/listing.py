@@ -13,14 +13,14 @@ import json
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ..config import Config, load_config
-from ..errors import ServiceNotFound, TimeoutError
+from ..errors import CauldronError, ServiceNotFound, TimeoutError
 from ..router import RouterClient
-from .router import format_age
-from .text import access_text, columns, in_seconds, plural, range_text
+from .text import access_text, columns, in_seconds, plural, range_text, seconds_text
 
 __all__ = ["list_services", "list_keywords", "router_book", "keyword_rows", "KEYWORD_COLUMNS"]
 
 LIVE = "live"
+SILENT = "not answering"        # live in the router's book, but no answer to us
 KEYWORD_COLUMNS = ("KEYWORD", "TYPE", "UNITS", "RANGE", "ACCESS", "VALUE", "DESCRIPTION")
 Output = Union[List[str], str]          # lines, or one JSON document
 
@@ -74,7 +74,7 @@ def list_keywords(service: str, config_path: Optional[str], timeout: Optional[fl
     if not rows:
         return [f"service {service.lower()!r} has no keywords"]
     table = [KEYWORD_COLUMNS] + [_cells(row) for row in rows]
-    return columns(table) + _absent_notes(entries or [])
+    return columns(table) + _absent_notes(rows)
 
 
 def _entries(config: Config, service: str,
@@ -100,25 +100,45 @@ def keyword_rows(service: str, config: Config, timeout: Optional[float],
                  open_service: Callable[..., Any]) -> List[Dict[str, Any]]:
     """One dict per keyword, sorted by name.
 
-    When every dispatcher is live, one ``describe`` per dispatcher; when
-    some are not, the live ones' keywords are described one by one and the
-    others' come from the book, with the state of their dispatcher.
+    Without a router, the service describes itself (one round trip per
+    dispatcher).  With one, the keywords of live dispatchers are described
+    one by one (about a millisecond each), and a dispatcher that fails to
+    answer is marked ``not answering`` after its first failure, so a
+    dispatcher that died a moment ago (still ``live`` in the book) costs one
+    timeout, not one per keyword; the keywords of the others come from the
+    book, with the state of their dispatcher.
     """
-    live = None if entries is None else [e for e in entries if e.get("state") == LIVE]
+    if entries is None:
+        with open_service(service, config, timeout, populate=True) as svc:
+            return [_described(svc[name], None) for name in svc.keywords()]
     rows: List[Dict[str, Any]] = []
-    if live is None or live:
-        owner = {kw: e for e in (live or ()) for kw in e.get("keywords") or ()}
-        everything = entries is None or len(live or ()) == len(entries)
-        with open_service(service, config, timeout, populate=everything) as svc:
-            names = svc.keywords() if everything else sorted(owner)
-            rows = [_described(svc[name], owner.get(name)) for name in names
-                    if svc.has_keyword(name)]
-    seen = {row["keyword"] for row in rows}
-    for entry in entries or ():
+    live = [e for e in entries if e.get("state") == LIVE]
+    if live:
+        with open_service(service, config, timeout) as svc:
+            rows = _describe_live(svc, live)
+    for entry in entries:
         if entry.get("state") != LIVE:
-            rows.extend(_absent(name, entry) for name in entry.get("keywords") or ()
-                        if name not in seen)
+            rows.extend(_absent(name, entry) for name in entry.get("keywords") or ())
     return sorted(rows, key=lambda row: row["keyword"])
+
+
+def _describe_live(svc: Any, live: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    rows: List[Dict[str, Any]] = []
+    owned = set()
+    for entry in live:
+        names = [n for n in entry.get("keywords") or () if svc.has_keyword(n)]
+        owned.update(names)
+        for i, name in enumerate(names):
+            try:
+                rows.append(_described(svc[name], entry))
+            except CauldronError as exc:
+                entry = dict(entry, state=SILENT, error=in_seconds(" ".join(str(exc).split())))
+                rows.extend(_absent(n, entry) for n in names[i:])
+                break
+    for name in svc.keywords():                 # served, but not in the book's list
+        if name not in owned:
+            rows.append(_described(svc[name], None))
+    return rows
 
 
 def _described(kw: Any, entry: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -138,7 +158,8 @@ def _absent(name: str, entry: Dict[str, Any]) -> Dict[str, Any]:
     return {"keyword": name, "type": None, "units": "", "range": "", "minimum": None,
             "maximum": None, "enumerators": None, "access": "", "readonly": None,
             "ascii": None, "description": "", "dispatcher": entry["dispatcher"],
-            "state": entry.get("state", "?"), "age": entry.get("age")}
+            "state": entry.get("state", "?"), "age": entry.get("age"),
+            "error": entry.get("error")}
 
 
 def _cells(row: Dict[str, Any]) -> Sequence[str]:
@@ -150,14 +171,20 @@ def _cells(row: Dict[str, Any]) -> Sequence[str]:
             value, row["description"])
 
 
-def _absent_notes(entries: Sequence[Dict[str, Any]]) -> List[str]:
-    """A sentence per dispatcher that is not live, saying since when."""
+def _absent_notes(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """A sentence per dispatcher whose keywords have no value here, saying why."""
     notes = []
-    for e in entries:
-        if e.get("state") == LIVE:
+    seen = set()
+    for row in rows:
+        name = row["dispatcher"]
+        if row["state"] == LIVE or name in seen:
             continue
-        count = plural(len(e.get("keywords") or ()), "keyword")
-        notes.append(f"dispatcher {e['dispatcher']!r} is {e.get('state', '?')} "
-                     f"(last heard {format_age(float(e.get('age') or 0))} ago); "
-                     f"{count} without a value here")
+        seen.add(name)
+        count = plural(sum(1 for r in rows if r["dispatcher"] == name), "keyword")
+        if row["state"] == SILENT:
+            why = f"is registered but not answering ({row.get('error')})"
+        else:
+            why = (f"is {row['state']} (last heard "
+                   f"{seconds_text(float(row.get('age') or 0))} ago)")
+        notes.append(f"dispatcher {name!r} {why}; {count} without a value here")
     return notes
