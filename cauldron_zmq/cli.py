@@ -31,6 +31,7 @@ _COMMANDS = (
 
 _VERBOSE = re.compile(r"-v+|--verbose")
 _CONFIG_JOINED = re.compile(r"-c.+|--config=.*")
+_HELP_OR_VERSION = {"-h", "--help", "--version"}
 
 
 def hoist_common_options(args: Sequence[str]) -> Tuple[List[str], List[str], Optional[int]]:
@@ -66,6 +67,8 @@ class Group(click.Group):
     def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
         kept, moved, index = hoist_common_options(args)
         if moved and index is None:
+            if set(kept) & _HELP_OR_VERSION:
+                return super().parse_args(ctx, kept)      # help or version: nothing to pass on
             raise click.UsageError(f"{moved[0]} goes with a sub-command "
                                    "(cauldron-zmq -v show ...)", ctx)
         if moved and index is not None:

@@ -152,6 +152,18 @@ def test_show_spellings(harness: ServiceHarness, args: List[str], out: str) -> N
     assert result.stdout.splitlines() == [out]
 
 
+def test_monitor_and_list_take_the_spellings_too(harness: ServiceHarness) -> None:
+    harness.dispatcher["NAME"].set("hello")
+    watched = invoke(harness, "monitor", "-service", "ktl", "-binary", "FLAG", "NAME",
+                     "--duration", "0.2", "-timeout", "5")
+    assert watched.returncode == 0, watched.stderr
+    assert [re.sub("^" + STAMP + " ", "", line) for line in watched.stdout.splitlines()] == \
+        ["FLAG = 1", "NAME = hello"]
+    listed = invoke(harness, "list", "-service", "ktl", "-timeout", "5")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].split()[0] == "KEYWORD"
+
+
 def test_show_timestamp(harness: ServiceHarness) -> None:
     harness.dispatcher["COUNT"].set(4)
     result = invoke(harness, "show", "-s", "ktl", "-timestamp", "COUNT", "NAME")
