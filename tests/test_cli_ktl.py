@@ -399,6 +399,36 @@ def test_list_a_service_whose_only_dispatcher_went_silent(tmp_path: Path) -> Non
                             r"1 keyword without a value here", lines[2]), lines
 
 
+def test_list_a_live_and_a_stale_dispatcher_lists_each_keyword_once(tmp_path: Path) -> None:
+    keywords = tmp_path / "camera.toml"
+    keywords.write_text('[keyword.SHUTTER]\ntype = "boolean"\ninitial = false\n')
+    with ServiceHarness(lambda svc: DFW.Double("FOCUS", svc, initial=1.5), "duo",
+                        directory=tmp_path, dispatcher="blue") as h:
+        camera = subprocess.Popen([sys.executable, "-m", "cauldron_zmq", "serve", "duo",
+                                   str(keywords), "--dispatcher", "camera",
+                                   "-c", str(h.config_path)], env=env(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with RouterClient(h.config, timeout=500) as rc:
+                def state() -> str:
+                    return {e["dispatcher"]: e["state"] for e in rc.list()["entries"]}.get(
+                        "camera", "")
+                wait_until(lambda: state() == "live", 15)
+                camera.kill()
+                camera.wait(10)
+                wait_until(lambda: state() == "stale", 10)   # expiry: 3 s in tests
+        finally:
+            if camera.poll() is None:
+                camera.kill()
+                camera.wait(10)
+        result = run("list", "-s", "duo", "-t", "0.5", "-c", str(h.config_path))
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert [line.split()[0] for line in lines[1:]] == ["FOCUS", "SHUTTER", "dispatcher"]
+        assert lines[1].split()[1:4] == ["KTL_DOUBLE", "rw", "1.5"]
+        assert lines[2].split()[1:] == ["(camera", "stale)"]
+
+
 def test_list_a_dispatcher_that_died_a_moment_ago(tmp_path: Path) -> None:
     """Still live in the router's book (long expiry), but it does not answer."""
     keywords = tmp_path / "kw.toml"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
 
 from ..config import Config, load_config
 from ..errors import CauldronError, ServiceNotFound, TimeoutError
@@ -114,20 +114,22 @@ def keyword_rows(service: str, config: Config, timeout: Optional[float],
     rows: List[Dict[str, Any]] = []
     live = [e for e in entries if e.get("state") == LIVE]
     if live:
+        booked = {name for e in entries for name in e.get("keywords") or ()}
         with open_service(service, config, timeout) as svc:
-            rows = _describe_live(svc, live)
+            rows = _describe_live(svc, live, booked)
     for entry in entries:
         if entry.get("state") != LIVE:
             rows.extend(_absent(name, entry) for name in entry.get("keywords") or ())
     return sorted(rows, key=lambda row: row["keyword"])
 
 
-def _describe_live(svc: Any, live: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def _describe_live(svc: Any, live: Sequence[Dict[str, Any]],
+                   booked: Set[str]) -> List[Dict[str, Any]]:
+    """Rows for the keywords of the live dispatchers, and for any keyword the
+    service serves that no entry of the book names (``booked``)."""
     rows: List[Dict[str, Any]] = []
-    owned = set()
     for entry in live:
         names = [n for n in entry.get("keywords") or () if svc.has_keyword(n)]
-        owned.update(names)
         for i, name in enumerate(names):
             try:
                 rows.append(_described(svc[name], entry))
@@ -135,8 +137,8 @@ def _describe_live(svc: Any, live: Sequence[Dict[str, Any]]) -> List[Dict[str, A
                 entry = dict(entry, state=SILENT, error=in_seconds(" ".join(str(exc).split())))
                 rows.extend(_absent(n, entry) for n in names[i:])
                 break
-    for name in svc.keywords():                 # served, but not in the book's list
-        if name not in owned:
+    for name in svc.keywords():                 # served, but not in the book's lists
+        if name not in booked:
             rows.append(_described(svc[name], None))
     return rows
 
