@@ -59,7 +59,9 @@ def setup(svc: Any) -> None:
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[ServiceHarness]:
-    with ServiceHarness(setup, "ktl") as h:
+    # A generous request timeout: these tests are about what is printed, and the
+    # machine may be busy; the timeout tests below set their own.
+    with ServiceHarness(setup, "ktl", config={"zmq": {"timeout": 10000}}) as h:
         yield h
 
 
@@ -228,7 +230,7 @@ def test_modify_spellings(harness: ServiceHarness, args: List[str], lines: List[
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == lines
     wanted = int(re.search(r"=\s*(\d+)", " ".join(args)).group(1))
-    wait_until(lambda: harness.dispatcher["COUNT"].value == wanted, 5)
+    wait_until(lambda: harness.dispatcher["COUNT"].value == wanted, 10)
 
 
 def test_modify_value_that_looks_like_a_ktl_option(harness: ServiceHarness) -> None:

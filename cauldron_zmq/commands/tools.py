@@ -310,18 +310,19 @@ def modify(service: str, assignments: Tuple[str, ...], nowait: bool, wait: bool,
         kws, unknown = _keywords(svc, [name for name, _ in pairs])
         _report("modify", unknown)                      # nothing is written then
         say = (lambda text: None) if quiet else click.echo
-        writes = [(kw, value, _before(kw)) for kw, (_, value) in zip(kws, pairs)]
+        writes = [(kw, value) for kw, (_, value) in zip(kws, pairs)]
         if mode == "wait":
-            for kw, value, before in writes:
+            for kw, value in writes:
                 say(f"setting {kw.name} = {value} ({mode})")
+                before = _before(kw)
                 _write(kw, value, binary, wait=True)
                 if _unchanged(kw, before):
                     say(_unchanged_line(kw))
             return
         tasks = []
-        for kw, value, before in writes:
+        for kw, value in writes:
             say(f"setting {kw.name} = {value} ({mode})")
-            tasks.append((kw, before, _write(kw, value, binary, wait=False)))
+            tasks.append((kw, _before(kw), _write(kw, value, binary, wait=False)))
         _finish(tasks, nowait, say)
 
 
