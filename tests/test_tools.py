@@ -35,7 +35,10 @@ def setup(svc: Any) -> None:
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[ServiceHarness]:
-    with ServiceHarness(setup, "tools") as h:
+    # Generous timeouts: these tests are about what is printed, on a machine that
+    # may be busy (test_list_router_down tests a timeout, on a harness of its own).
+    with ServiceHarness(setup, "tools", config={"zmq": {"timeout": 10000},
+                                                "zmq-router": {"timeout": 5000}}) as h:
         yield h
 
 
@@ -199,6 +202,7 @@ def test_list(harness: ServiceHarness) -> None:
     harness.dispatcher["NAME"].set("hello")
     harness.dispatcher["COUNT"].set(3)
     out = cli(harness, "list", "-s", "tools")
+    assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["KEYWORD", "TYPE", "UNITS", "RANGE", "ACCESS", "VALUE",
                                 "DESCRIPTION"]
