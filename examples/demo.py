@@ -7,6 +7,10 @@ client session of ``examples/client.py`` in this process, and then stops the
 dispatcher and the router with SIGTERM, as an operator would.  Exits 0 when
 every step worked and every process exited cleanly.
 
+Persisted keyword values go to a temporary folder, removed at the end (unless
+the configuration names a ``persist-dir``): a demo leaves nothing behind in
+``~/.local/state``, whether it worked or not.
+
     python examples/demo.py [-c CONFIG] [--service NAME]
 """
 from __future__ import annotations
@@ -17,11 +21,12 @@ import runpy
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-from cauldron_zmq.config import load_config
+from cauldron_zmq.config import Config, load_config
 from cauldron_zmq.errors import CauldronError
 from cauldron_zmq.router import RouterClient
 
@@ -42,7 +47,10 @@ def router_answers(config) -> bool:
 
 
 def start(argv: List[str], name: str) -> subprocess.Popen:
-    print(f"   starting {name}: {' '.join(argv[1:])}", flush=True)
+    """Start a child process, saying what it is and the command that runs it."""
+    shown = " ".join(["python"] + [os.path.relpath(a) if os.path.isabs(a) and
+                                   a.startswith(os.getcwd()) else a for a in argv[1:]])
+    print(f"   starting {name}: {shown}", flush=True)
     return subprocess.Popen(argv)
 
 
@@ -73,13 +81,33 @@ def wait_for_router(config, proc: subprocess.Popen, timeout: float = 15.0) -> No
     raise SystemExit(f"demo: no router answered at {config.router_address()} within {timeout} s")
 
 
+def demo_config(path: Optional[str], scratch: str) -> Tuple[Config, str]:
+    """The configuration, with persisted values kept in ``scratch`` unless it names a
+    ``persist-dir``; and the path of a file holding it, for the child processes."""
+    config = load_config(path)
+    if config.zmq.persist_dir is not None and path:
+        return config, os.path.abspath(path)
+    if config.zmq.persist_dir is None:
+        config = config.replace(zmq={"persist-dir": os.path.join(scratch, "persist")})
+    written = os.path.join(scratch, "demo.toml")
+    with open(written, "w", encoding="utf-8") as stream:
+        stream.write(config.to_toml())
+    return config, written
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", help="configuration file (TOML); default: built-in")
     parser.add_argument("--service", default="demo")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
-    cfg_args = ["-c", os.path.abspath(args.config)] if args.config else []
+    with tempfile.TemporaryDirectory(prefix="cauldron-zmq-demo-") as scratch:
+        config, path = demo_config(args.config, scratch)
+        return run_demo(args.service, config, path)
+
+
+def run_demo(service: str, config: Config, path: str) -> int:
+    """Router, dispatcher, client session and shutdown; 0 when all of it worked."""
+    cfg_args = ["-c", path]
 
     router = instrument = None
     status = 0
@@ -89,16 +117,16 @@ def main(argv=None) -> int:
             print("   a router already answers there; using it", flush=True)
         else:
             router = start([sys.executable, "-m", "cauldron_zmq.router", *cfg_args],
-                           "Cauldron-router-zmq")
+                           "the router (Cauldron-router-zmq)")
             wait_for_router(config, router)
 
-        banner(f"Dispatcher for service {args.service!r}: the example instrument")
-        instrument = start([sys.executable, str(HERE / "instrument.py"), "--service", args.service,
-                            "--speed", "0.4", *cfg_args], "examples/instrument.py")
+        banner(f"Dispatcher for service {service!r}: the example instrument")
+        instrument = start([sys.executable, str(HERE / "instrument.py"), "--service", service,
+                            "--speed", "0.4", *cfg_args], "the dispatcher (examples/instrument.py)")
 
         banner("Client session (examples/client.py)")
         client = runpy.run_path(str(HERE / "client.py"))
-        client["session"](args.service, args.config)
+        client["session"](service, config)
     except (CauldronError, OSError) as exc:
         print(f"demo: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         status = 1

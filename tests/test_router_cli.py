@@ -28,6 +28,7 @@ BIN = Path(sys.executable).parent
 ROUTER = [str(BIN / "Cauldron-router-zmq")]
 ROUTER_MODULE = [sys.executable, "-m", "cauldron_zmq.router"]
 CAULDRON = [str(BIN / "cauldron-zmq")]
+ROUTER_LOWER = CAULDRON + ["router"]                  # the lower-case command family
 
 
 # ============================================================================ helpers
@@ -127,7 +128,8 @@ def stable(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 # ============================================================================ router program
 
-@pytest.mark.parametrize("argv", [ROUTER, ROUTER_MODULE], ids=["script", "module"])
+@pytest.mark.parametrize("argv", [ROUTER, ROUTER_MODULE, ROUTER_LOWER],
+                         ids=["script", "module", "cauldron-zmq-router"])
 def test_router_starts_answers_and_stops_on_sigterm(tmp_path: Path, ctx: zmq.Context,
                                                     procs: List[Proc], argv: List[str]) -> None:
     config = write_config(tmp_path)
@@ -221,6 +223,29 @@ def test_bad_config_is_one_line_and_exit_1(tmp_path: Path, body: str) -> None:
         assert err.startswith("Cauldron-router-zmq: ") and err.count("\n") == 1, err
 
 
+def test_cauldron_zmq_router_takes_v_and_c_before_it_too(tmp_path: Path, ctx: zmq.Context,
+                                                        procs: List[Proc]) -> None:
+    config = write_config(tmp_path)
+    proc = start(procs, CAULDRON + ["-v", "-c", str(config), "router"])
+    proc.wait_ready(config, ctx)
+    with RouterClient(load_config(str(config)), context=ctx) as client:
+        client.register("svc", "disp", "127.0.0.1")
+    assert proc.signal(signal.SIGTERM) == 0
+    assert "registered svc/disp" in proc.stderr                     # -v reached the router
+
+
+def test_cauldron_zmq_router_port_in_use(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    port = load_config(str(config)).router.port
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        done = subprocess.run(ROUTER_LOWER + ["-c", str(config)], capture_output=True,
+                              env=env(), timeout=30)
+    assert done.returncode == 1 and done.stderr.decode().count("\n") == 1
+    assert "cannot bind" in done.stderr.decode()
+
+
 def test_version() -> None:
     done = subprocess.run(ROUTER + ["--version"], capture_output=True, env=env(), timeout=30)
     assert done.returncode == 0
@@ -255,7 +280,7 @@ def test_services_json_and_empty_table(tmp_path: Path, ctx: zmq.Context,
     proc = start(procs, ROUTER_MODULE + ["-c", str(config)])
     proc.wait_ready(config, ctx)
     runner = CliRunner()
-    empty = runner.invoke(services, ["-c", str(config)])
+    empty = runner.invoke(services, ["-c", str(config), "-v"])
     assert empty.exit_code == 0 and "no dispatchers registered" in empty.output
     with RouterClient(cfg, context=ctx) as client:
         client.register("svc", "a", "127.0.0.1", keywords=["X"])
@@ -286,7 +311,7 @@ def test_services_without_a_router_fails_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1 and done.stdout == b""
     err = done.stderr.decode()
     assert err.count("\n") == 1 and err.startswith("cauldron-zmq services: no answer")
-    assert f"tcp://127.0.0.1:{port}" in err and "300 ms" in err
+    assert f"tcp://127.0.0.1:{port}" in err and "within 0.3 s" in err   # seconds, as everywhere
     assert time.monotonic() - started < 10
 
 

@@ -26,15 +26,19 @@ def _refuse_hot(value: Any) -> None:
 
 
 def setup(svc: Any) -> None:
-    DFW.Integer("COUNT", svc, initial=3, units="counts", maximum=100)
+    DFW.Integer("COUNT", svc, initial=3, units="counts", maximum=100, description="A counter")
     DFW.Double("TEMP", svc, initial=20.5, units="degC", check=_refuse_hot)
     DFW.Enumerated("MODE", svc, enumerators=["OFF", "STANDBY", "ON"], initial="STANDBY")
     DFW.String("NAME", svc, initial="hello")
+    DFW.String("LABEL", svc, initial="fixed", readonly=True)
 
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[ServiceHarness]:
-    with ServiceHarness(setup, "tools") as h:
+    # Generous timeouts: these tests are about what is printed, on a machine that
+    # may be busy (test_list_router_down tests a timeout, on a harness of its own).
+    with ServiceHarness(setup, "tools", config={"zmq": {"timeout": 10000},
+                                                "zmq-router": {"timeout": 5000}}) as h:
         yield h
 
 
@@ -82,6 +86,7 @@ def test_show_errors(harness: ServiceHarness) -> None:
 
 
 def test_modify(harness: ServiceHarness) -> None:
+    harness.dispatcher["MODE"].set("STANDBY")
     out = cli(harness, "modify", "-s", "tools", "COUNT=5", "TEMP", "=-3.5", "MODE=", "ON",
               "NAME", "=", "two words")
     assert out.returncode == 0, out.stderr
@@ -191,18 +196,31 @@ def test_monitor_duration(harness: ServiceHarness) -> None:
 def test_list(harness: ServiceHarness) -> None:
     out = cli(harness, "list")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["tools  default (live)"]
+    assert out.stdout.splitlines() == ["SERVICE  KEYWORDS    DISPATCHERS",
+                                       "tools    5 keywords  default (live)"]
     assert json.loads(cli(harness, "list", "--json").stdout) == {"tools": ["default (live)"]}
     harness.dispatcher["NAME"].set("hello")
+    harness.dispatcher["COUNT"].set(3)
     out = cli(harness, "list", "-s", "tools")
+    assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["KEYWORD", "TYPE", "UNITS", "VALUE"]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert sorted(rows) == ["COUNT", "MODE", "NAME", "TEMP"]
-    assert rows["COUNT"][1:3] == ["KTL_INTEGER", "counts"]
-    assert rows["NAME"][1:] == ["KTL_STRING", "hello"]
+    assert lines[0].split() == ["KEYWORD", "TYPE", "UNITS", "RANGE", "ACCESS", "VALUE",
+                                "DESCRIPTION"]
+    starts = [lines[0].index(word) for word in ("TYPE", "UNITS", "RANGE", "ACCESS", "VALUE")]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert sorted(rows) == ["COUNT", "LABEL", "MODE", "NAME", "TEMP"]
+    count = rows["COUNT"]                           # aligned: every cell under its heading
+    assert [count.index(cell) for cell in (" KTL_INTEGER", " counts", " <= 100", " rw ", " 3 ")] \
+        == [at - 1 for at in starts]
+    assert rows["COUNT"].split() == ["COUNT", "KTL_INTEGER", "counts", "<=", "100", "rw", "3",
+                                     "A", "counter"]
+    assert rows["MODE"].split()[1:5] == ["KTL_ENUMERATED", "OFF|STANDBY|ON", "rw", "STANDBY"]
+    assert rows["NAME"].split()[1:] == ["KTL_STRING", "rw", "hello"]
+    assert rows["LABEL"].split()[1:] == ["KTL_STRING", "read-only", "fixed"]
     data = json.loads(cli(harness, "list", "-s", "tools", "--json").stdout)
     assert data["TEMP"]["units"] == "degC"
+    assert data["COUNT"]["maximum"] == 100 and data["COUNT"]["description"] == "A counter"
+    assert data["LABEL"]["readonly"] is True and data["MODE"]["readonly"] is False
 
 
 def test_list_router_down(tmp_path: Path) -> None:

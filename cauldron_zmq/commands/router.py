@@ -1,4 +1,5 @@
-"""``cauldron-zmq services``: what the router's book holds, as a table or JSON."""
+"""``cauldron-zmq services``: what the router's book holds, as a table or JSON;
+``cauldron-zmq router``: the router itself (``Cauldron-router-zmq``, in lower case)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,8 @@ import click
 from ..config import load_config
 from ..errors import CauldronError, ConfigurationError
 from ..router import RouterClient
+from ..router import main as _router_main
+from .text import in_seconds
 
 COLUMNS = ("SERVICE", "DISPATCHER", "HOST", "DISPATCH", "BROADCAST", "STATE", "AGE")
 
@@ -44,15 +47,19 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.command("services")
+@click.command("services", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", "config_path", metavar="CONFIG", default=None,
               help="Configuration file (TOML); default $CAULDRON_ZMQ_CONFIG, else built-in.")
 @click.option("--json", "as_json", is_flag=True, help="Print the book as JSON.")
 @click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="SECONDS",
               help="How long to wait for the router (default: [zmq-router] timeout).")
-def services(config_path: Optional[str], as_json: bool, timeout: Optional[float]) -> None:
+@click.option("-v", "--verbose", count=True, help="-v: info, -vv: debug logging.")
+def services(config_path: Optional[str], as_json: bool, timeout: Optional[float],
+             verbose: int) -> None:
     """List the dispatchers the router knows: ports, state and age of the last heartbeat."""
+    from ..cli import setup_logging
+    setup_logging(verbose, quiet=True)
     try:
         config = load_config(config_path)
     except ConfigurationError as exc:
@@ -63,7 +70,7 @@ def services(config_path: Optional[str], as_json: bool, timeout: Optional[float]
         with RouterClient(config, timeout=millis) as client:
             book = client.list()
     except CauldronError as exc:
-        _fail(str(getattr(exc, "message", None) or exc))
+        _fail(in_seconds(str(getattr(exc, "message", None) or exc)))
         return
     if as_json:
         click.echo(json.dumps(dict(book, router=config.router_address()), indent=2))
@@ -75,3 +82,13 @@ def services(config_path: Optional[str], as_json: bool, timeout: Optional[float]
     if book.get("blocked"):
         click.echo("blocked ports (never handed out again): "
                    + ", ".join(str(p) for p in book["blocked"]))
+
+
+#: ``cauldron-zmq router``: the same program as ``Cauldron-router-zmq`` (same
+#: options, messages and exit statuses), in the command family's lower case.
+router = click.Command(
+    "router", params=list(_router_main.params), callback=_router_main.callback,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Run the router in the foreground until ^C, SIGTERM or a shutdown request "
+         "(the same program as Cauldron-router-zmq).",
+    short_help="Run the router (Cauldron-router-zmq).")
