@@ -443,8 +443,8 @@ class Keyword:
         native = self.type.coerce(value)
         if self.length is not None and len(native) != self.length:
             raise ConversionError(
-                f"{self.name}: {len(native)} elements, expected {self.length} "
-                f"({', '.join(repr(label) for label in self.labels or ())})")
+                f"{self.name}: {len(native)} element{'' if len(native) == 1 else 's'}, "
+                f"expected {self.length} ({', '.join(repr(l) for l in self.labels or ())})")
         return native
 
     def _set_native(self, value: Any, force: bool) -> bool:
