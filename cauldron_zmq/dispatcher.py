@@ -105,7 +105,7 @@ class Service:
     (``$CAULDRON_ZMQ_CONFIG`` or defaults); it belongs to this object only.
     ``setup(service)`` creates keywords in code; ``keywords`` names TOML
     keyword files (one path or several; loaded first, so ``setup`` can attach
-    hooks to their keywords).  ``dispatcher`` names this dispatcher when
+    hooks to their keywords; KTL XML among them is taken as ``xml``).  ``dispatcher`` names this dispatcher when
     several serve one service (default ``"default"``).
 
     ``values`` is the value mode of every keyword of the service: ``"native"``
@@ -160,12 +160,18 @@ class Service:
         self._security: Any = None       # security.ServerSecurity with [zmq-security] enable
         self._auth: Any = None           # its ZAP authenticator (a thread of its own)
         self._endpoints: Optional[Tuple[str, str]] = None
+        from .ktlxml import is_bundle_path
+        files = _paths(keywords) if keywords is not None else []
+        bundles = [path for path in files if is_bundle_path(path)]
+        if bundles:                     # KTL XML among the keyword files
+            xml = _paths(xml) + bundles if xml is not None else bundles
         #: KTL XML declarations by keyword name (empty without XML).
         self.declarations: Dict[str, Any] = self._find_declarations(xml)
-        if keywords is not None:
+        if files:
             from .keywordfile import load_keywords
-            for path in _paths(keywords):
-                load_keywords(self, path)
+            for path in files:
+                if path not in bundles:
+                    load_keywords(self, path)
         if setup is not None:
             setup(self)
         self._serve_declared()

@@ -109,7 +109,7 @@ class AsciiValue(str):
 
     name: Optional[str]
 
-    def __new__(cls, number: str, name: Optional[str]) -> "AsciiValue":
+    def __new__(cls, number: str, name: Optional[str] = None) -> "AsciiValue":
         obj = str.__new__(cls, number)
         obj.name = name
         return obj
@@ -436,7 +436,14 @@ class Keyword:
         without broadcasting → ``check`` → store (time, seq+1) → broadcast →
         callbacks.  Returns True when a new value was stored.
         """
-        return self._set_native(self._coerce(self.translate(value)), force)
+        return self._set_native(self._translate(value), force)
+
+    def _translate(self, value: Any) -> Any:
+        """translate → conversion.  In ascii mode a ``translate`` hook gets a string."""
+        if (self._ascii_mode and not isinstance(value, str)
+                and not _defaults(self, ("translate",))):
+            value = self.hook_value(self._coerce(value))
+        return self._coerce(self.translate(value))
 
     def _coerce(self, value: Any) -> Any:
         """The canonical native of an ascii or native value; checks the XML array length."""
@@ -503,7 +510,7 @@ class Keyword:
 
     def _prepare_write(self, value: Any) -> Any:
         """translate → conversion → prewrite: may refuse, changes nothing."""
-        value = self._coerce(self.translate(value))
+        value = self._translate(value)
         shown = self.hook_value(value)
         result = self.prewrite(shown)
         if result is None or result is shown:

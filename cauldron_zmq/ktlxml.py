@@ -41,7 +41,7 @@ from .errors import ConfigurationError, ConversionError
 from .types import keyword_type
 
 __all__ = ["Declaration", "Bundle", "XML_TYPES", "read_bundle", "parse_bundle",
-           "bundle_files", "load_declarations", "service_directory"]
+           "bundle_files", "load_declarations", "service_directory", "is_bundle_path"]
 
 PathArg = Union[str, "os.PathLike[str]"]
 
@@ -196,6 +196,18 @@ def bundle_files(path: PathArg, service: Optional[str] = None) -> List[str]:
                 break
     return sorted(os.path.join(full, entry) for entry in os.listdir(full)
                   if entry.lower().endswith(".xml") and os.path.isfile(os.path.join(full, entry)))
+
+
+def is_bundle_path(path: PathArg) -> bool:
+    """Whether ``path`` names KTL XML: a directory, a ``*.xml`` name, or a file starting ``<``."""
+    name = os.fspath(path)
+    if os.path.isdir(name) or name.lower().endswith(".xml"):
+        return True
+    try:
+        with open(name, "rb") as stream:
+            return stream.read(64).lstrip().startswith(b"<")
+    except OSError:
+        return False      # whoever reads it as a keyword file says what is wrong
 
 
 def service_directory(service: str, environ: Optional[Dict[str, str]] = None) -> Optional[str]:

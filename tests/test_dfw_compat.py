@@ -301,3 +301,45 @@ def test_hooks_bound_after_construction_with_methodtype() -> None:
     kw.modify(3)
     kw.update()
     assert seen == [("N", "3")] and kw.value == "42"
+
+
+def test_translate_gets_a_string_in_ascii_mode_and_values_copy() -> None:
+    import copy
+    import pickle
+    seen: List[Any] = []
+
+    def translate(value: Any) -> Any:
+        seen.append(value)
+        return {"HOME": "0"}.get(value.upper(), value)
+
+    svc = DFW.Service("t", CFG, lambda s: DFW.Keyword.Integer("POS", s, translate=translate),
+                      start=False)
+    svc["POS"].modify("home")
+    svc["POS"].modify(7)                            # a client's JSON number
+    svc["POS"].set(8)
+    assert seen == ["home", "7", "8"] and svc["POS"].value == "8"
+    enum = DFW.Keyword.Enumerated("E", svc, enumerators=["Off", "On"], initial="On")
+    enum.set("On")
+    value = enum.value
+    for twin in (copy.copy(value), copy.deepcopy(value), pickle.loads(pickle.dumps(value))):
+        assert twin == "1" and str(twin) == "1"
+    assert value.name == "On" and value != "Off" and value != "0" and value in ("On", "Off")
+
+
+def test_a_ktl_config_that_parses_as_toml_is_still_ktls(tmp_path: Path, caplog: Any) -> None:
+    conf = tmp_path / "stdiosvc.conf"
+    conf.write_text("# only comments\n")
+    with caplog.at_level(logging.WARNING, "cauldron_zmq.DFW"):
+        DFW.Service("k", conf, start=False)
+    assert "is a KTL configuration" in caplog.text
+    caplog.clear()
+    conf.write_text("[zmq]\ndispatch-port = 7002\n")          # ours, whatever its name
+    assert DFW.Service("k", conf, start=False).config.zmq.dispatch_port == 7002
+    assert "KTL configuration" not in caplog.text
+
+
+def test_the_harness_serves_xml_in_process(tmp_path: Path) -> None:
+    with ServiceHarness(BUNDLE, "demo", directory=tmp_path) as harness:
+        svc = harness.client()
+        svc["LAMPON"].write("on")
+        assert harness.dispatcher["LAMPON"].value == "1" and svc["LAMPON"].read() == "on"

@@ -92,7 +92,10 @@ def ktl_config(config: Union[PathLike, Config, None]) -> Union[PathLike, Config,
     ``stdiosvc.conf``), which this project does not need; one log line names
     it and says where cauldron_zmq's configuration comes from instead.  A
     missing file is left for :func:`~cauldron_zmq.config.load_config` to
-    refuse; a TOML file (even a wrong one) keeps its meaning.
+    refuse; a TOML file (even a wrong one) keeps its meaning.  A file is
+    KTL's when it does not parse as TOML, or when its name does not end
+    ``.toml`` and it has no ``[zmq]``, ``[zmq-router]`` or ``[zmq-security]``
+    section.
     """
     if config is None or isinstance(config, Config):
         return config
@@ -107,15 +110,20 @@ def ktl_config(config: Union[PathLike, Config, None]) -> Union[PathLike, Config,
 
 
 def _is_toml(path: str) -> bool:
-    """Whether ``path`` parses as TOML; True when unsure (missing, unreadable, no parser)."""
-    from ..config import tomllib
+    """Whether ``path`` is a cauldron_zmq TOML file; True when unsure (missing, unreadable).
+
+    Not TOML: it does not parse as TOML, or its name does not end ``.toml``
+    and it has none of cauldron_zmq's sections (a KTL file of comments only,
+    or of ``key = 1`` lines, parses as TOML).
+    """
+    from ..config import SECTIONS, tomllib
     if tomllib is None or not os.path.isfile(path):
         return True
     try:
         with open(path, "rb") as stream:
-            tomllib.loads(stream.read().decode("utf-8"))
+            data = tomllib.loads(stream.read().decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError):
         return False
     except OSError:
         return True
-    return True
+    return path.lower().endswith(".toml") or any(name in SECTIONS for name in data)

@@ -10,7 +10,6 @@ restart.  Runs in the foreground; SIGTERM or ^C shut it down cleanly
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -53,21 +52,12 @@ def serve(service: str, files: Sequence[str], config_path: Optional[str],
 
 def split_files(files: Sequence[str]) -> Tuple[List[str], List[str]]:
     """(TOML keyword files, KTL XML files and directories): by name, else by first byte."""
+    from ..ktlxml import is_bundle_path
     toml: List[str] = []
     xml: List[str] = []
     for name in files:
-        (xml if _is_xml(name) else toml).append(name)
+        (xml if is_bundle_path(name) else toml).append(name)
     return toml, xml
-
-
-def _is_xml(name: str) -> bool:
-    if os.path.isdir(name) or name.lower().endswith(".xml"):
-        return True
-    try:
-        with open(name, "rb") as stream:
-            return stream.read(64).lstrip().startswith(b"<")
-    except OSError:
-        return False      # the keyword-file reader says what is wrong with it
 
 
 def _announce(svc: Any) -> None:
