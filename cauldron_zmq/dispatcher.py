@@ -193,11 +193,17 @@ class Service:
         return declarations
 
     def _serve_declared(self) -> None:
-        """Keywords declared in XML but not created in code: plain keywords of their type."""
+        """Keywords declared in XML but not created in code: plain keywords of their type.
+
+        When bundles name dispatchers (``<dispatcher><name>``) and one of
+        them is this dispatcher, only its bundles' keywords are added: the
+        others belong to the service's other dispatchers.
+        """
         from .keywords import keyword_class
-        for name, declaration in self.declarations.items():
-            if name not in self._keywords:
-                keyword_class(declaration.type)(name, self)
+        mine = [d for d in self.declarations.values() if d.dispatcher == self.dispatcher]
+        for declaration in mine or list(self.declarations.values()):
+            if declaration.name not in self._keywords:
+                keyword_class(declaration.type)(declaration.name, self)
 
     # ------------------------------------------------------- DFW container
 

@@ -220,6 +220,7 @@ class Keyword:
             units = _pick(units, decl.units)
             description = _pick(description, decl.brief)
             format = _pick(format, decl.format)
+            initial = _pick(initial, decl.initial)
             readonly = readonly or decl.readonly
             writeonly = writeonly or decl.writeonly
         self.type: KeywordType = keyword_type(kind, name=self.name, minimum=minimum,

@@ -68,7 +68,9 @@ class Declaration:
 
     ``enumerators`` are (key, name) pairs (bits, for a mask); ``labels`` the
     array element labels by index (their number is the array's length);
-    ``serverside`` the ``<serverside>`` settings as text.
+    ``serverside`` the ``<serverside>`` settings as text (of an element with
+    children, its text content: ``<initialize><value>3</value></initialize>``
+    is ``("initialize", "3")``).
     """
 
     name: str
@@ -85,6 +87,12 @@ class Declaration:
     verbose: Optional[str] = None
     labels: Optional[Tuple[str, ...]] = None
     serverside: Tuple[Tuple[str, str], ...] = field(default=())
+    dispatcher: Optional[str] = None      # the bundle's <dispatcher><name>
+
+    @property
+    def initial(self) -> Optional[str]:
+        """``<serverside><initialize><value>``: the initial value KTL gives, as text."""
+        return self.serverside_value("initialize")
 
     def serverside_value(self, name: str) -> Optional[str]:
         """A ``<serverside>`` setting by element name (exact, else ignoring case)."""
@@ -160,19 +168,19 @@ def parse_bundle(data: Union[bytes, str], source: str = "<xml>") -> Bundle:
         raise where.error(None, f"malformed XML: {exc}") from None
     if root.tag != "bundle":
         raise where.error(root.tag, "expected a <bundle> at the top")
+    dispatcher = root.find("dispatcher")
+    dispatcher_name = _text(dispatcher.find("name")) if dispatcher is not None else None
     declarations: Dict[str, Declaration] = {}
     for element in root:
         if element.tag != "keyword":
             continue
-        declaration = _keyword(element, source)
+        declaration = _keyword(element, source, dispatcher_name or None)
         if declaration.name in declarations:
             raise _Where(source, declaration.name).error(
                 "name", "declared twice in this bundle (names are case-insensitive)")
         declarations[declaration.name] = declaration
-    dispatcher = root.find("dispatcher")
     return Bundle(source=source, name=root.get("name"), service=root.get("service"),
-                  dispatcher=_text(dispatcher.find("name")) if dispatcher is not None else None,
-                  keywords=tuple(declarations.values()))
+                  dispatcher=dispatcher_name or None, keywords=tuple(declarations.values()))
 
 
 def bundle_files(path: PathArg, service: Optional[str] = None) -> List[str]:
@@ -249,7 +257,7 @@ def load_declarations(paths: Iterable[PathArg], service: Optional[str] = None
 # one keyword
 # --------------------------------------------------------------------------
 
-def _keyword(element: ET.Element, source: str) -> Declaration:
+def _keyword(element: ET.Element, source: str, dispatcher: Optional[str]) -> Declaration:
     name = _text(element.find("name"))
     if not name:
         raise _Where(source).error("keyword", "a <keyword> without a <name>")
@@ -273,7 +281,7 @@ def _keyword(element: ET.Element, source: str) -> Declaration:
         format=_format(element, kind, where), minimum=minimum, maximum=maximum,
         enumerators=enumerators, readonly=readonly, writeonly=writeonly, brief=brief,
         verbose=verbose, labels=_labels(element, kind, where),
-        serverside=_serverside(element))
+        serverside=_serverside(element), dispatcher=dispatcher)
 
 
 def _text(element: Optional[ET.Element]) -> Optional[str]:

@@ -257,3 +257,21 @@ def test_serve_reads_xml_by_content_or_name(tmp_path: Path) -> None:
     toml.write_text('[keyword.X]\ntype = "integer"\n')
     assert split_files([str(odd), str(toml), str(tmp_path), "x.XML"]) == (
         [str(toml)], [str(odd), str(tmp_path), "x.XML"])
+
+
+def test_initial_values_and_dispatchers_of_bundles(tmp_path: Path) -> None:
+    one = bundle(tmp_path, """
+        <keyword><name>A</name><type>integer</type>
+          <serverside><initialize><value>7</value></initialize></serverside></keyword>""",
+                 name="one.xml")
+    two = tmp_path / "two.xml"
+    two.write_text(one.read_text().replace("demo_1", "demo_2").replace(">A<", ">B<"))
+    svc = Service("demo", CFG, xml=tmp_path)
+    assert svc.keywords() == ["A", "B"] and svc["A"].initial == "7"
+    svc._apply_initial(list(svc))
+    assert svc["A"].value == 7 and svc["B"].value == 7
+    first = Service("demo", CFG, dispatcher="demo_1", xml=tmp_path)
+    assert first.keywords() == ["A"] and "B" in first.declarations
+    second = Service("demo", CFG, dispatcher="demo_2", xml=tmp_path,
+                     setup=lambda s: DFW.Keyword.Basic("A", s))     # typed by the XML anyway
+    assert second.keywords() == ["A", "B"] and second["A"].type.type == "integer"
