@@ -105,8 +105,9 @@ class Service:
     (``$CAULDRON_ZMQ_CONFIG`` or defaults); it belongs to this object only.
     ``setup(service)`` creates keywords in code; ``keywords`` names TOML
     keyword files (one path or several; loaded first, so ``setup`` can attach
-    hooks to their keywords; KTL XML among them is taken as ``xml``).  ``dispatcher`` names this dispatcher when
-    several serve one service (default ``"default"``).
+    hooks to their keywords; KTL XML among them is taken as ``xml``).
+    ``dispatcher`` names this dispatcher when several serve one service
+    (default ``"default"``).
 
     ``values`` is the value mode of every keyword of the service: ``"native"``
     (typed values; this class's default) or ``"ascii"`` (KTL's strings;
@@ -177,7 +178,7 @@ class Service:
         self._serve_declared()
 
     def _find_declarations(self, xml: Union[PathLike, Sequence[PathLike], None]) -> Dict[str, Any]:
-        """The XML declarations: ``xml``, else ``[zmq] xml-dir``, else ``$RELDIR/data/<service>``."""
+        """The XML declarations: ``xml``, else ``[zmq] xml-dir``, else ``$RELDIR/data/<svc>``."""
         from . import ktlxml
         if xml is not None:
             sources = _paths(xml)

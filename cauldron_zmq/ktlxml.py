@@ -337,7 +337,10 @@ def _number(text: Optional[str], kind: str, where: _Where, element: str) -> Opti
         raise where.error(element, f"{text.strip()!r} is not a number") from None
 
 
-def _range(element: ET.Element, kind: str, where: _Where) -> Tuple[Optional[float], Optional[float]]:
+Bounds = Tuple[Optional[float], Optional[float]]
+
+
+def _range(element: ET.Element, kind: str, where: _Where) -> Bounds:
     rng = element.find("range")
     if rng is None:
         return None, None
