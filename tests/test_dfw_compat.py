@@ -332,6 +332,11 @@ def test_a_ktl_config_that_parses_as_toml_is_still_ktls(tmp_path: Path, caplog: 
     with caplog.at_level(logging.WARNING, "cauldron_zmq.DFW"):
         DFW.Service("k", conf, start=False)
     assert "is a KTL configuration" in caplog.text
+    import configparser
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "cauldron_zmq.DFW"):
+        DFW.Service("k", configparser.ConfigParser(), start=False)
+    assert "a ConfigParser is a KTL/Cauldron configuration object" in caplog.text
     caplog.clear()
     conf.write_text("[zmq]\ndispatch-port = 7002\n")          # ours, whatever its name
     assert DFW.Service("k", conf, start=False).config.zmq.dispatch_port == 7002

@@ -85,7 +85,7 @@ class Service(_dispatcher.Service):
             self.begin()
 
 
-def ktl_config(config: Union[PathLike, Config, None]) -> Union[PathLike, Config, None]:
+def ktl_config(config: Any) -> Union[PathLike, Config, None]:
     """``config`` as cauldron_zmq reads it: a KTL (non-TOML) file becomes None.
 
     A dispatcher written for KTL passes KTL's own configuration (a
@@ -99,13 +99,17 @@ def ktl_config(config: Union[PathLike, Config, None]) -> Union[PathLike, Config,
     """
     if config is None or isinstance(config, Config):
         return config
-    path = os.path.abspath(os.path.expanduser(os.fsdecode(config)))
-    if _is_toml(path):
-        return config
+    if isinstance(config, (str, bytes, os.PathLike)):
+        what: Any = os.path.abspath(os.path.expanduser(os.fsdecode(config)))
+        if _is_toml(what):
+            return config
+        what = f"{what} is a KTL configuration (not TOML)"
+    else:                  # the original Cauldron also took a ConfigParser
+        what = f"a {type(config).__name__} is a KTL/Cauldron configuration object"
     named = os.environ.get(ENV_VAR, "").strip()
     source = f"${ENV_VAR} ({named})" if named else "the built-in defaults"
-    _log.warning("%s is a KTL configuration (not TOML), which cauldron_zmq does not need; "
-                 "its own configuration comes from %s", path, source)
+    _log.warning("%s, which cauldron_zmq does not need; its own configuration comes from %s",
+                 what, source)
     return None
 
 
