@@ -44,7 +44,7 @@ from .persist import Persister, persist_path
 from .security import frame_property, server_security
 from .workers import KeyedExecutor, Scheduler
 
-__all__ = ["Service", "DEFAULT_DISPATCHER", "BindError"]
+__all__ = ["Service", "DEFAULT_DISPATCHER", "BindError", "ServiceLog"]
 
 DEFAULT_DISPATCHER = "default"
 MAX_BIND_ATTEMPTS = 5          # re-registrations with "avoid" before giving up
@@ -94,6 +94,23 @@ class _Box:
         self.done.set()
 
 
+class ServiceLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The service's logger (``service.log.info(...)``), also callable as KTL's
+    ``service.log(level, message, *args)``, which KTL dispatchers call."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+
+    def __call__(self, level: Union[int, str], message: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(level, str):
+            number = logging.getLevelName(level.strip().upper())
+            level = number if isinstance(number, int) else logging.INFO
+        self.log(level, message, *args, **kwargs)
+
+    def process(self, msg: Any, kwargs: Any) -> Any:
+        return msg, kwargs          # no adapter "extra": the caller's, if any, stays
+
+
 # =============================================================================
 # The service
 # =============================================================================
@@ -132,7 +149,7 @@ class Service:
         self.name = _service_name(name)
         self.config: Config = load_config(config)
         self.dispatcher = _dispatcher_name(dispatcher)
-        self.log = logging.getLogger(f"cauldron_zmq.dispatcher.{self.name}")
+        self.log = ServiceLog(logging.getLogger(f"cauldron_zmq.dispatcher.{self.name}"))
         if values not in VALUE_MODES:
             raise ValueError(f"values must be one of {', '.join(map(repr, VALUE_MODES))}, "
                              f"got {values!r}")

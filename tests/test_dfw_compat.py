@@ -348,3 +348,15 @@ def test_the_harness_serves_xml_in_process(tmp_path: Path) -> None:
         svc = harness.client()
         svc["LAMPON"].write("on")
         assert harness.dispatcher["LAMPON"].value == "1" and svc["LAMPON"].read() == "on"
+
+
+def test_service_log_is_callable_as_ktls(caplog: Any) -> None:
+    svc = DFW.Service("logs", CFG, start=False)
+    with caplog.at_level(logging.INFO, "cauldron_zmq.dispatcher.logs"):
+        svc.log(logging.ERROR, "lost the %s", "controller")
+        svc.log("warning", "a word level")
+        svc.log.info("and the logger's methods")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "lost the controller"), ("WARNING", "a word level"),
+        ("INFO", "and the logger's methods")]
+    assert svc.log.name == "cauldron_zmq.dispatcher.logs"
