@@ -136,12 +136,52 @@ class EnumeratorMapping(Dict[str, str]):
 
     Lookups also take the number as an int, and a name (any case), which
     gives its number: ``mapping[2] == mapping['2'] == 'Red'``,
-    ``mapping['red'] == '2'``.
+    ``mapping['red'] == '2'``.  Assigning (``mapping[3] = 'Green'``) or
+    deleting an entry changes the keyword's enumerators, as the original
+    Cauldron's code did to fill an enumerated keyword created without them.
     """
 
-    def __init__(self, pairs: Sequence[Tuple[int, str]]) -> None:
+    def __init__(self, pairs: Sequence[Tuple[int, str]],
+                 changed: Optional[Callable[[List[Tuple[int, str]]], None]] = None) -> None:
         super().__init__((str(number), name) for number, name in pairs)
-        self._numbers = {name.casefold(): str(number) for number, name in pairs}
+        self._changed = changed
+        self._index()
+
+    def _index(self) -> None:
+        self._numbers = {name.casefold(): number for number, name in dict.items(self)}
+
+    def pairs(self) -> List[Tuple[int, str]]:
+        """(number, name) pairs, sorted by number."""
+        return sorted((int(number), name) for number, name in dict.items(self))
+
+    def _update_owner(self, before: Dict[str, str]) -> None:
+        self._index()
+        if self._changed is None:
+            return
+        try:
+            self._changed(self.pairs())
+        except Exception:
+            dict.clear(self)
+            dict.update(self, before)
+            self._index()
+            raise
+
+    def __setitem__(self, key: Any, name: Any) -> None:
+        number = self._key(key)
+        if not isinstance(number, str) or not number.lstrip("-").isdigit():
+            raise KeyError(f"an enumerator's key is its number, not {key!r}")
+        before = dict(self)
+        dict.__setitem__(self, str(int(number)), name)
+        self._update_owner(before)
+
+    def __delitem__(self, key: Any) -> None:
+        before = dict(self)
+        dict.__delitem__(self, self._key(key))
+        self._update_owner(before)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for key, name in dict(*args, **kwargs).items():
+            self[key] = name
 
     def _key(self, key: Any) -> Any:
         if isinstance(key, int) and not isinstance(key, bool):
@@ -223,6 +263,8 @@ class Keyword:
             initial = _pick(initial, decl.initial)
             readonly = readonly or decl.readonly
             writeonly = writeonly or decl.writeonly
+        if kind == "enumerated" and enumerators is None:
+            kind = "integer"      # until ``mapping`` gets entries (see _set_enumerators)
         self.type: KeywordType = keyword_type(kind, name=self.name, minimum=minimum,
                                               maximum=maximum, enumerators=enumerators)
         #: "ascii" (KTL's string values) or "native" (typed values): the service's mode.
@@ -236,8 +278,9 @@ class Keyword:
         self.length: Optional[int] = len(self.labels) if self.labels else None
         self._serverside: Tuple[Tuple[str, str], ...] = decl.serverside if decl else ()
         self._declaration = decl
-        if self.type.enumerators is not None and self.type.type == "enumerated":
-            self.mapping = EnumeratorMapping(self.type.enumerators)
+        if self.KTL_TYPE == "enumerated" or self.type.type == "enumerated":
+            self.mapping = EnumeratorMapping(self.type.enumerators or (),
+                                             self._set_enumerators)
         self.readonly = bool(readonly)
         self.writeonly = bool(writeonly)
         if self.readonly and self.writeonly:
@@ -280,6 +323,15 @@ class Keyword:
             return False
         texts = (str(self.value), self._snap.ascii)
         return any(str(item) in text for text in texts)
+
+    def _set_enumerators(self, pairs: List[Tuple[int, str]]) -> None:
+        """``mapping`` changed: the type follows (an integer while it is empty)."""
+        kt = self.type
+        if pairs:
+            self.type = keyword_type("enumerated", name=self.name, enumerators=pairs)
+        else:
+            self.type = keyword_type("integer", name=self.name, minimum=kt.minimum,
+                                     maximum=kt.maximum)
 
     def _xml_kind(self, decl: Any) -> str:
         """The type: the class's, or the declaration's for a generic class."""

@@ -360,3 +360,28 @@ def test_service_log_is_callable_as_ktls(caplog: Any) -> None:
         ("ERROR", "lost the controller"), ("WARNING", "a word level"),
         ("INFO", "and the logger's methods")]
     assert svc.log.name == "cauldron_zmq.dispatcher.logs"
+
+
+def test_an_enumerated_keyword_filled_through_its_mapping(tmp_path: Path) -> None:
+    """As the original Cauldron's own example does: no enumerators, then ``mapping[n] = name``."""
+    def setup(service: Any) -> None:
+        kwd = DFW.Keyword.types["enumerated"]("WFSCENTROID", service, initial="0")
+        kwd.mapping[0] = "COG"
+        kwd.mapping[1] = "QUAD"
+        kwd.mapping[2] = "BINQUAD"
+
+    with ServiceHarness(setup, "saotest", directory=tmp_path) as harness:
+        kw = harness.dispatcher["WFSCENTROID"]
+        assert kw.type.type == "enumerated" and kw.ascii == "COG" and kw.value == "0"
+        client = harness.client()
+        assert client["WFSCENTROID"].read() == "COG"
+        client["WFSCENTROID"].write("binquad")
+        assert client["WFSCENTROID"].read() == "BINQUAD" and kw.value == "2"
+    svc = DFW.Service("m", CFG, start=False)
+    kw = DFW.Keyword.Enumerated("E", svc)
+    with pytest.raises(ValueError):
+        kw.mapping[0] = " padded "                     # refused, and nothing changed
+    assert dict(kw.mapping) == {} and kw.type.type == "integer"
+    kw.mapping.update({0: "Off", 1: "On"})
+    del kw.mapping[1]
+    assert kw.type.enumerators == ((0, "Off"),)
