@@ -263,8 +263,8 @@ class Keyword:
             initial = _pick(initial, decl.initial)
             readonly = readonly or decl.readonly
             writeonly = writeonly or decl.writeonly
-        if kind == "enumerated" and enumerators is None:
-            kind = "integer"      # until ``mapping`` gets entries (see _set_enumerators)
+        if kind in ("enumerated", "mask") and enumerators is None:
+            kind = "integer"      # no names (yet): see _set_enumerators
         self.type: KeywordType = keyword_type(kind, name=self.name, minimum=minimum,
                                               maximum=maximum, enumerators=enumerators)
         #: "ascii" (KTL's string values) or "native" (typed values): the service's mode.

@@ -385,3 +385,34 @@ def test_an_enumerated_keyword_filled_through_its_mapping(tmp_path: Path) -> Non
     kw.mapping.update({0: "Off", 1: "On"})
     del kw.mapping[1]
     assert kw.type.enumerators == ((0, "Off"),)
+
+
+def test_keyword_subclasses_as_field_code_writes_them() -> None:
+    """Constructor kwargs set before super().__init__, update() overridden to set() strings,
+    a Mask with its bits named nowhere (KTL's XML would), period() restarted from code."""
+    class Status(DFW.Keyword.Mask):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["initial"] = "1"
+            kwargs["period"] = 0.5
+            super().__init__(*args, **kwargs)
+
+        def update(self) -> None:
+            self.set(str(5))                   # "Keyword set method requires a string"
+
+    class Position(DFW.Keyword.Double):
+        def __init__(self, name: str, service: Any, stage: Any, period: float = 30) -> None:
+            self.stage = stage
+            DFW.Keyword.Double.__init__(self, name, service, period=period)
+
+        def update(self) -> None:
+            self.set("{}".format(self.stage()))
+
+    svc = DFW.Service("f", CFG, lambda s: (Status("STAT", s), Position("POS", s, lambda: -1)),
+                      start=False)
+    svc._apply_initial(list(svc))
+    assert svc["STAT"].value == "1"
+    svc["STAT"].update()
+    svc["POS"].update()
+    assert svc["STAT"].value == "5" and svc["POS"].value == "-1.0" and svc["POS"].binary == -1.0
+    svc["POS"].period(0.5)
+    svc["POS"].period(None)
