@@ -51,8 +51,8 @@ XML_TYPES: Dict[str, str] = {
     "boolean": "boolean", "integer": "integer", "int": "integer",
     "double": "double", "float": "double", "string": "string",
     "enumerated": "enumerated", "enum": "enumerated", "enumm": "mask", "mask": "mask",
-    "integer array": "integer-array", "double array": "double-array",
-    "float array": "double-array",
+    "integer array": "integer-array", "int array": "integer-array",
+    "double array": "double-array", "float array": "double-array",
 }
 _NUMERIC = ("integer", "double", "integer-array", "double-array")
 _WITH_VALUES = ("boolean", "enumerated", "mask")
@@ -224,8 +224,17 @@ def service_directory(service: str, environ: Optional[Dict[str, str]] = None) ->
     reldir = env.get("RELDIR", "").strip()
     if not reldir:
         return None
-    path = os.path.join(os.path.expanduser(reldir), "data", service)
-    return path if os.path.isdir(path) else None
+    data = os.path.join(os.path.expanduser(reldir), "data")
+    path = os.path.join(data, service)
+    if os.path.isdir(path):
+        return path
+    try:                                  # a folder spelt in another case
+        for entry in sorted(os.listdir(data)):
+            if entry.lower() == service.lower() and os.path.isdir(os.path.join(data, entry)):
+                return os.path.join(data, entry)
+    except OSError:
+        pass
+    return None
 
 
 def load_declarations(paths: Iterable[PathArg], service: Optional[str] = None

@@ -172,6 +172,8 @@ def test_service_finds_its_xml_in_reldir(tmp_path: Path, monkeypatch: Any) -> No
     monkeypatch.setenv("RELDIR", str(tmp_path))
     svc = DFW.Service("demo", CFG, start=False)
     assert "FILTNAME" in svc.declarations and svc["FILTNAME"].type.type == "enumerated"
+    (tmp_path / "data" / "demo").rename(tmp_path / "data" / "DEMO")
+    assert "FILTNAME" in DFW.Service("Demo", CFG, start=False).declarations
     monkeypatch.setenv("RELDIR", str(tmp_path / "nowhere"))
     assert DFW.Service("demo", CFG, start=False).declarations == {}
 
