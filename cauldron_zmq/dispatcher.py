@@ -270,6 +270,10 @@ class Service:
 
     def _attach(self, keyword: Keyword) -> None:
         """Called by Keyword.__init__; a duplicate name is a DuplicateKeyword (RuntimeError)."""
+        mode = getattr(keyword, "values", self.values)
+        if mode != self.values:        # one service never mixes the two meanings
+            raise ValueError(f"keyword {keyword.name} gives {mode} values; service "
+                             f"{self.name!r} gives {self.values} values")
         with self._keywords_lock:
             if keyword.name in self._keywords:
                 raise DuplicateKeyword(f"keyword named {keyword.name} already exists in "

@@ -278,6 +278,8 @@ def test_ktl_class_hierarchy_and_container_rules() -> None:
     with pytest.raises(RuntimeError):
         svc["NUM"] = DFW.Keyword.Double("NUM", DFW.Service("other", CFG, start=False))
     svc["TEXT"] = text                                    # the same keyword again is fine
+    with pytest.raises(ValueError, match="gives native values; service 'h' gives ascii"):
+        svc["T2"] = DFW.Keyword.String("T2", NativeService("n", CFG))
     enum = DFW.Keyword.Enumerated("E", svc, enumerators={5: "five", 1: "one"})
     assert enum.mapping == {"1": "one", "5": "five"} and enum.mapping["FIVE"] == "5"
     assert 5 in enum.mapping and "six" not in enum.mapping
