@@ -69,7 +69,7 @@ class Declaration:
     ``enumerators`` are (key, name) pairs (bits, for a mask); ``labels`` the
     array element labels by index (their number is the array's length);
     ``serverside`` the ``<serverside>`` settings as text (of an element with
-    children, its text content: ``<initialize><value>3</value></initialize>``
+    a ``<value>``, that: ``<initialize><value>3</value><x>y</x></initialize>``
     is ``("initialize", "3")``).
     """
 
@@ -438,5 +438,9 @@ def _serverside(element: ET.Element) -> Tuple[Tuple[str, str], ...]:
     block = element.find("serverside")
     if block is None:
         return ()
-    return tuple((child.tag, _text(child) or "") for child in block)
+    pairs = []
+    for child in block:       # <initialize><value>3</value></initialize> is "3"
+        inner = child.find("value")
+        pairs.append((child.tag, _text(inner if inner is not None else child) or ""))
+    return tuple(pairs)
 

@@ -264,7 +264,8 @@ def test_serve_reads_xml_by_content_or_name(tmp_path: Path) -> None:
 def test_initial_values_and_dispatchers_of_bundles(tmp_path: Path) -> None:
     one = bundle(tmp_path, """
         <keyword><name>A</name><type>integer</type>
-          <serverside><initialize><value>7</value></initialize></serverside></keyword>""",
+          <serverside><initialize><value>7</value><note>x</note></initialize>
+          </serverside></keyword>""",
                  name="one.xml")
     two = tmp_path / "two.xml"
     two.write_text(one.read_text().replace("demo_1", "demo_2").replace(">A<", ">B<"))
