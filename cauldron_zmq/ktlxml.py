@@ -34,6 +34,8 @@ from __future__ import annotations
 import os
 import re
 import xml.etree.ElementTree as ET
+from urllib.parse import urlparse
+from xml.etree import ElementInclude
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -154,26 +156,72 @@ def read_bundle(path: PathArg) -> Bundle:
     return parse_bundle(data, full)
 
 
-def parse_bundle(data: Union[bytes, str], source: str = "<xml>") -> Bundle:
-    """Validate the text of one bundle; ``source`` names it in errors."""
-    where = _Where(source)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+def _parse(raw: bytes, where: _Where) -> ET.Element:
+    """One document, refusing DOCTYPE/ENTITY declarations."""
     found = _DANGEROUS.search(raw)
     if found:
         raise where.error(None, f"<!{found.group(1).decode().upper()}> declarations are "
                                 "refused (KTL bundles have none; they allow entity expansion)")
     try:
-        root = ET.fromstring(raw)
+        return ET.fromstring(raw)
     except ET.ParseError as exc:
         raise where.error(None, f"malformed XML: {exc}") from None
+
+
+def _include(root: ET.Element, source: str) -> None:
+    """Resolve ``<xi:include href="...">`` (local files, relative to the including one)."""
+    def loader(href: str, parse: str, encoding: Optional[str] = None) -> Any:
+        scheme = urlparse(href).scheme
+        if scheme not in ("", "file"):
+            raise _Where(source).error("xi:include", f"href {href!r}: only local files")
+        path = urlparse(href).path if scheme == "file" else href
+        where = _Where(os.path.abspath(path))
+        try:
+            with open(path, "rb") as stream:
+                raw = stream.read(MAX_BYTES + 1)
+        except OSError as exc:
+            raise _Where(source).error("xi:include", f"cannot read {path}: "
+                                                     f"{exc.strerror or exc}") from None
+        if len(raw) > MAX_BYTES:
+            raise where.error(None, f"larger than {MAX_BYTES} bytes")
+        if parse == "xml":
+            return _parse(raw, where)
+        return raw.decode(encoding or "utf-8")
+
+    try:
+        ElementInclude.include(root, loader=loader, base_url=source, max_depth=6)
+    except ElementInclude.FatalIncludeError as exc:
+        raise _Where(source).error("xi:include", str(exc)) from None
+
+
+def _keyword_elements(root: ET.Element) -> List[ET.Element]:
+    """The bundle's keywords, and those of bundles included into it."""
+    out: List[ET.Element] = []
+    for element in root:
+        if element.tag == "keyword":
+            out.append(element)
+        elif element.tag == "bundle":
+            out.extend(_keyword_elements(element))
+    return out
+
+
+def parse_bundle(data: Union[bytes, str], source: str = "<xml>") -> Bundle:
+    """Validate the text of one bundle; ``source`` names it in errors.
+
+    XInclude (``<xi:include href="common.xml"/>``) is resolved for local
+    files relative to ``source``; an included file may hold a ``<keyword>``
+    or a ``<bundle>`` of them.
+    """
+    where = _Where(source)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    root = _parse(raw, where)
     if root.tag != "bundle":
         raise where.error(root.tag, "expected a <bundle> at the top")
+    _include(root, source)
     dispatcher = root.find("dispatcher")
     dispatcher_name = _text(dispatcher.find("name")) if dispatcher is not None else None
     declarations: Dict[str, Declaration] = {}
-    for element in root:
-        if element.tag != "keyword":
-            continue
+    for element in _keyword_elements(root):
         declaration = _keyword(element, source, dispatcher_name or None)
         if declaration.name in declarations:
             raise _Where(source, declaration.name).error(

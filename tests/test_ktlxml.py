@@ -278,3 +278,31 @@ def test_initial_values_and_dispatchers_of_bundles(tmp_path: Path) -> None:
     second = Service("demo", CFG, dispatcher="demo_2", xml=tmp_path,
                      setup=lambda s: DFW.Keyword.Basic("A", s))     # typed by the XML anyway
     assert second.keywords() == ["A", "B"] and second["A"].type.type == "integer"
+
+
+def test_xinclude_of_local_files(tmp_path: Path) -> None:
+    """Bundles often include shared keywords (DISPnSTA...) from a common file."""
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "disp.xml").write_text(
+        "<keyword><name>DISP1STA</name><type>enumerated</type><values>"
+        "<entry><key>0</key><value>ready</value></entry>"
+        "<entry><key>1</key><value>shutting down</value></entry></values></keyword>")
+    (tmp_path / "common" / "more.xml").write_text(
+        '<bundle><keyword><name>DISP1MSG</name><type>string</type></keyword></bundle>')
+    main = tmp_path / "main.xml"
+    main.write_text('<bundle name="m" service="demo" xmlns:xi="http://www.w3.org/2001/XInclude">'
+                    '<xi:include href="common/disp.xml"/><xi:include href="common/more.xml"/>'
+                    "<keyword><name>OWN</name><type>integer</type></keyword></bundle>")
+    names = [d.name for d in ktlxml.read_bundle(main).keywords]
+    assert names == ["DISP1STA", "DISP1MSG", "OWN"]
+    (tmp_path / "common" / "disp.xml").write_text('<!DOCTYPE x [<!ENTITY a "b">]><keyword/>')
+    with pytest.raises(ConfigurationError, match="declarations are refused"):
+        ktlxml.read_bundle(main)
+    main.write_text('<bundle xmlns:xi="http://www.w3.org/2001/XInclude">'
+                    '<xi:include href="http://example.org/x.xml"/></bundle>')
+    with pytest.raises(ConfigurationError, match="only local files"):
+        ktlxml.read_bundle(main)
+    main.write_text('<bundle xmlns:xi="http://www.w3.org/2001/XInclude">'
+                    '<xi:include href="missing.xml"/></bundle>')
+    with pytest.raises(ConfigurationError, match=r"<xi:include>: cannot read .*missing.xml"):
+        ktlxml.read_bundle(main)
