@@ -240,6 +240,7 @@ class ZmqConfig:
     max_message_size: int = _option(
         16777216, _integer(1024, None, "an integer number of bytes >= 1024"))
     persist_dir: Optional[str] = _option(None, _path)
+    xml_dir: Optional[str] = _option(None, _path)
 
 
 @dataclass(frozen=True)

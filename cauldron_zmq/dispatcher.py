@@ -39,12 +39,12 @@ import zmq
 from . import __version__, protocol
 from .config import Config, endpoint, load_config
 from .errors import CauldronError, NoWriteNecessary, RouterError, TimeoutError
-from .keywords import Keyword, Snapshot
+from .keywords import VALUE_MODES, DuplicateKeyword, Keyword, Snapshot
 from .persist import Persister, persist_path
 from .security import frame_property, server_security
 from .workers import KeyedExecutor, Scheduler
 
-__all__ = ["Service", "DEFAULT_DISPATCHER", "BindError"]
+__all__ = ["Service", "DEFAULT_DISPATCHER", "BindError", "ServiceLog"]
 
 DEFAULT_DISPATCHER = "default"
 MAX_BIND_ATTEMPTS = 5          # re-registrations with "avoid" before giving up
@@ -94,30 +94,67 @@ class _Box:
         self.done.set()
 
 
+class ServiceLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The service's logger (``service.log.info(...)``), also callable as KTL's
+    ``service.log(level, message, *args)``, which KTL dispatchers call."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+
+    def __call__(self, level: Union[int, str], message: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(level, str):
+            number = logging.getLevelName(level.strip().upper())
+            level = number if isinstance(number, int) else logging.INFO
+        self.log(level, message, *args, **kwargs)
+
+    def process(self, msg: Any, kwargs: Any) -> Any:
+        return msg, kwargs          # no adapter "extra": the caller's, if any, stays
+
+
 # =============================================================================
 # The service
 # =============================================================================
 
 class Service:
-    """A keyword service: create it, add keywords, ``begin()``, ``shutdown()``.
+    """A keyword service (the native API): create it, add keywords, ``begin()``, ``shutdown()``.
 
     ``config`` is a path, a :class:`~cauldron_zmq.config.Config` or None
     (``$CAULDRON_ZMQ_CONFIG`` or defaults); it belongs to this object only.
-    ``setup(service)`` creates keywords in code; ``keywords`` names a TOML
-    keyword file (loaded first, so ``setup`` can attach hooks to its keywords).
+    ``setup(service)`` creates keywords in code; ``keywords`` names TOML
+    keyword files (one path or several; loaded first, so ``setup`` can attach
+    hooks to their keywords; KTL XML among them is taken as ``xml``).
     ``dispatcher`` names this dispatcher when several serve one service
-    (default ``"default"``).  Unlike the original, constructing does not begin
-    serving: call :meth:`begin`, use ``with``, or :meth:`serve_forever`.
+    (default ``"default"``).
+
+    ``values`` is the value mode of every keyword of the service: ``"native"``
+    (typed values; this class's default) or ``"ascii"`` (KTL's strings;
+    :class:`cauldron_zmq.DFW.Service`'s default); see :mod:`cauldron_zmq.keywords`.
+
+    ``xml`` names KTL XML bundles (files or directories); without it the
+    bundles are looked for in ``[zmq] xml-dir``, else in
+    ``$RELDIR/data/<service>/``.  Keywords created in ``setup`` take what
+    the code leaves unsaid from their declaration, and declared keywords the
+    code does not create are served as plain keywords (:attr:`declarations`).
+
+    This class does not begin serving when constructed: call :meth:`begin`,
+    use ``with``, or :meth:`serve_forever`.  ``DFW.Service`` does, as KTL's.
     """
 
     def __init__(self, name: str, config: ConfigArg = None,
                  setup: Optional[Callable[["Service"], Any]] = None,
                  dispatcher: Optional[str] = None,
-                 keywords: Optional[PathLike] = None) -> None:
+                 keywords: Union[PathLike, Sequence[PathLike], None] = None, *,
+                 values: str = "native",
+                 xml: Union[PathLike, Sequence[PathLike], None] = None) -> None:
         self.name = _service_name(name)
         self.config: Config = load_config(config)
         self.dispatcher = _dispatcher_name(dispatcher)
-        self.log = logging.getLogger(f"cauldron_zmq.dispatcher.{self.name}")
+        self.log = ServiceLog(logging.getLogger(f"cauldron_zmq.dispatcher.{self.name}"))
+        if values not in VALUE_MODES:
+            raise ValueError(f"values must be one of {', '.join(map(repr, VALUE_MODES))}, "
+                             f"got {values!r}")
+        #: The value mode of every keyword of this service: "ascii" or "native".
+        self.values: str = values
         self.status_keyword: Optional[Keyword] = None
         self.started: Optional[float] = None
         self._keywords: Dict[str, Keyword] = {}
@@ -141,11 +178,50 @@ class Service:
         self._security: Any = None       # security.ServerSecurity with [zmq-security] enable
         self._auth: Any = None           # its ZAP authenticator (a thread of its own)
         self._endpoints: Optional[Tuple[str, str]] = None
-        if keywords is not None:
+        from .ktlxml import is_bundle_path
+        files = _paths(keywords) if keywords is not None else []
+        bundles = [path for path in files if is_bundle_path(path)]
+        if bundles:                     # KTL XML among the keyword files
+            xml = _paths(xml) + bundles if xml is not None else bundles
+        #: KTL XML declarations by keyword name (empty without XML).
+        self.declarations: Dict[str, Any] = self._find_declarations(xml)
+        if files:
             from .keywordfile import load_keywords
-            load_keywords(self, keywords)
+            for path in files:
+                if path not in bundles:
+                    load_keywords(self, path)
         if setup is not None:
             setup(self)
+        self._serve_declared()
+
+    def _find_declarations(self, xml: Union[PathLike, Sequence[PathLike], None]) -> Dict[str, Any]:
+        """The XML declarations: ``xml``, else ``[zmq] xml-dir``, else ``$RELDIR/data/<svc>``."""
+        from . import ktlxml
+        if xml is not None:
+            sources = _paths(xml)
+        elif self.config.zmq.xml_dir is not None:
+            sources = [self.config.zmq.xml_dir]
+        else:
+            found = ktlxml.service_directory(self.name)
+            sources = [found] if found else []
+        declarations = ktlxml.load_declarations(sources, self.name) if sources else {}
+        if declarations:
+            self.log.info("%d keyword(s) declared in KTL XML (%s)", len(declarations),
+                          ", ".join(os.fspath(p) for p in sources))
+        return declarations
+
+    def _serve_declared(self) -> None:
+        """Keywords declared in XML but not created in code: plain keywords of their type.
+
+        When bundles name dispatchers (``<dispatcher><name>``) and one of
+        them is this dispatcher, only its bundles' keywords are added: the
+        others belong to the service's other dispatchers.
+        """
+        from .keywords import keyword_class
+        mine = [d for d in self.declarations.values() if d.dispatcher == self.dispatcher]
+        for declaration in mine or list(self.declarations.values()):
+            if declaration.name not in self._keywords:
+                keyword_class(declaration.type)(declaration.name, self)
 
     # ------------------------------------------------------- DFW container
 
@@ -162,7 +238,7 @@ class Service:
         if name.upper() != keyword.name:
             raise ValueError(f"{self.name}: keyword {keyword.name} stored under {name!r}")
         if self._keywords.get(keyword.name) is not keyword:
-            self._attach(keyword)
+            self._attach(keyword)       # a different keyword of that name: DuplicateKeyword
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.upper() in self._keywords
@@ -193,11 +269,15 @@ class Service:
         return f"service {self.name!r} (dispatcher {self.dispatcher!r}) has no keyword {name!r}{hint}"
 
     def _attach(self, keyword: Keyword) -> None:
-        """Called by Keyword.__init__; a duplicate name is a ValueError."""
+        """Called by Keyword.__init__; a duplicate name is a DuplicateKeyword (RuntimeError)."""
+        mode = getattr(keyword, "values", self.values)
+        if mode != self.values:        # one service never mixes the two meanings
+            raise ValueError(f"keyword {keyword.name} gives {mode} values; service "
+                             f"{self.name!r} gives {self.values} values")
         with self._keywords_lock:
             if keyword.name in self._keywords:
-                raise ValueError(f"keyword named {keyword.name} already exists in service "
-                                 f"{self.name!r}")
+                raise DuplicateKeyword(f"keyword named {keyword.name} already exists in "
+                                       f"service {self.name!r}")
             self._keywords[keyword.name] = keyword
         if self._state == "running":
             self._apply_initial([keyword])
@@ -1105,6 +1185,13 @@ class _Registrar:
 # =============================================================================
 # Helpers
 # =============================================================================
+
+def _paths(value: Any) -> List[Any]:
+    """One path or a sequence of them, as a list."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return [value]
+    return list(value)
+
 
 def _service_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():

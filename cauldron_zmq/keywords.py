@@ -14,10 +14,22 @@ Hooks are methods to override in a subclass, or callables given to the
 constructor (``write=stage.move``) that are called with the same arguments as
 the method they replace.
 
-Where the original fell short this module differs on purpose: values are
-typed natives rather than strings; timestamps are sub-second; callbacks are
-held strongly (a lambda works) and an exception in one is logged rather than
-undoing or aborting the ``set``; ``schedule`` is not truncated to seconds.
+Values come in two meanings, chosen per service (``Service(values=...)``) and
+followed by every keyword created in it, so one service never mixes them:
+
+* ``"ascii"`` (KTL's, the default of ``DFW.Service``): :attr:`Keyword.value`
+  is a string and the hooks ``check``, ``prewrite``, ``write``, ``postwrite``
+  and ``postread`` receive strings (see :meth:`Keyword.hook_value`);
+* ``"native"`` (the default of :class:`cauldron_zmq.dispatcher.Service`):
+  typed values (int, float, bool, list) everywhere.
+
+Either way :attr:`Keyword.binary` is the typed value, :attr:`Keyword.ascii`
+what clients read, and ``set()`` accepts either form.
+
+Where the original fell short this module differs on purpose: timestamps are
+sub-second; callbacks are held strongly (a lambda works) and an exception in
+one is logged rather than undoing or aborting the ``set``; ``schedule`` is not
+truncated to seconds.
 """
 from __future__ import annotations
 
@@ -29,14 +41,18 @@ from collections import deque
 from typing import (Any, Callable, Deque, Dict, List, NamedTuple, Optional, Sequence,
                     Tuple, Type)
 
-from .errors import NoWriteNecessary
-from .types import KeywordType, keyword_type
+from .errors import ConversionError, NoWriteNecessary
+from .types import KeywordType, _canonical_type, keyword_type
 
 __all__ = [
     "Keyword", "Basic", "Boolean", "Integer", "Double", "Float", "String",
     "Enumerated", "Mask", "IntegerArray", "DoubleArray", "types",
-    "HOOKS", "Snapshot",
+    "HOOKS", "Snapshot", "AsciiValue", "EnumeratorMapping", "DuplicateKeyword", "VALUE_MODES",
 ]
+
+#: Value modes a service can have (see the module docstring).
+VALUE_MODES = ("ascii", "native")
+
 
 #: Hook names a constructor accepts as callables.
 HOOKS = ("check", "translate", "prewrite", "write", "postwrite",
@@ -73,17 +89,147 @@ class Snapshot(NamedTuple):
 _EMPTY = Snapshot(None, "", None, None, None, 0)
 
 
+class DuplicateKeyword(RuntimeError, ValueError):
+    """A second keyword under a name already used in the service.
+
+    A RuntimeError, as in KTL; also a ValueError, which this project raised
+    before, so either ``except`` catches it.
+    """
+
+
+class AsciiValue(str):
+    """The ascii-mode value of an enumerated or boolean keyword.
+
+    The string is the number, as KTL's dispatcher code compares it
+    (``value == '1'``, ``keyword.value == '3'``, ``int(value)``); it also
+    equals the enumerator name, ignoring case (``value == 'On'``), as KTL
+    expressions compare an enumerated keyword.  ``name`` is that name.  Its
+    hash is the number's, so use ``value.name`` as a dictionary key of names.
+    """
+
+    name: Optional[str]
+
+    def __new__(cls, number: str, name: Optional[str] = None) -> "AsciiValue":
+        obj = str.__new__(cls, number)
+        obj.name = name
+        return obj
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, str):
+            return NotImplemented
+        if str.__eq__(self, other):
+            return True
+        return self.name is not None and other.strip().casefold() == self.name.casefold()
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = str.__hash__
+
+    def __repr__(self) -> str:
+        return f"AsciiValue({str(self)!r}, name={self.name!r})"
+
+
+class EnumeratorMapping(Dict[str, str]):
+    """An enumerated keyword's ``mapping``: number (as a string) → enumerator name.
+
+    Lookups also take the number as an int, and a name (any case), which
+    gives its number: ``mapping[2] == mapping['2'] == 'Red'``,
+    ``mapping['red'] == '2'``.  Assigning (``mapping[3] = 'Green'``) or
+    deleting an entry changes the keyword's enumerators, as the original
+    Cauldron's code did to fill an enumerated keyword created without them.
+    """
+
+    def __init__(self, pairs: Sequence[Tuple[int, str]],
+                 changed: Optional[Callable[[List[Tuple[int, str]]], None]] = None) -> None:
+        super().__init__((str(number), name) for number, name in pairs)
+        self._changed = changed
+        self._index()
+
+    def _index(self) -> None:
+        self._numbers = {name.casefold(): number for number, name in dict.items(self)}
+
+    def pairs(self) -> List[Tuple[int, str]]:
+        """(number, name) pairs, sorted by number."""
+        return sorted((int(number), name) for number, name in dict.items(self))
+
+    def _update_owner(self, before: Dict[str, str]) -> None:
+        self._index()
+        if self._changed is None:
+            return
+        try:
+            self._changed(self.pairs())
+        except Exception:
+            dict.clear(self)
+            dict.update(self, before)
+            self._index()
+            raise
+
+    def __setitem__(self, key: Any, name: Any) -> None:
+        number = self._key(key)
+        if not isinstance(number, str) or not number.lstrip("-").isdigit():
+            raise KeyError(f"an enumerator's key is its number, not {key!r}")
+        before = dict(self)
+        dict.__setitem__(self, str(int(number)), name)
+        self._update_owner(before)
+
+    def __delitem__(self, key: Any) -> None:
+        before = dict(self)
+        dict.__delitem__(self, self._key(key))
+        self._update_owner(before)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for key, name in dict(*args, **kwargs).items():
+            self[key] = name
+
+    def _key(self, key: Any) -> Any:
+        if isinstance(key, int) and not isinstance(key, bool):
+            return str(key)
+        if isinstance(key, str) and not dict.__contains__(self, key):
+            return key.strip()
+        return key
+
+    def __getitem__(self, key: Any) -> str:
+        key = self._key(key)
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        if isinstance(key, str) and key.casefold() in self._numbers:
+            return self._numbers[key.casefold()]
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def get(self, key: Any, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
 class Keyword:
-    """A generic (string) keyword; the base class of every typed keyword.
+    """A generic keyword (KTL's ``Basic``); the base class of every typed keyword.
 
     Creating one attaches it to ``service`` under its upper-cased name; a
-    duplicate name is a ValueError.  ``initial`` is applied by
-    ``service.begin()`` (unless a persisted value was restored), ``period``
-    starts periodic updates.
+    duplicate name is a :class:`DuplicateKeyword` (a RuntimeError).
+    ``initial`` is applied by ``service.begin()`` (unless a persisted value was
+    restored), ``period`` starts periodic updates.
+
+    When the service has a KTL XML declaration of this name, what the code
+    does not say comes from it: the type (for this generic class and its
+    subclasses; a typed class keeps its type), enumerators and boolean
+    names, units, format, range, read/write capability, help, array labels
+    and length, and the ``serverside`` settings.
     """
 
     KTL_TYPE = "string"          # a cauldron_zmq.types type name
     KTL_REGISTERED = True        # listed in ``types``
+    KTL_GENERIC = True           # takes its type from the XML declaration
 
     def __init__(self, name: str, service: Any, initial: Any = None,
                  period: Optional[float] = None, units: Optional[str] = None,
@@ -98,14 +244,43 @@ class Keyword:
                  preread: Optional[Callable[..., Any]] = None,
                  read: Optional[Callable[..., Any]] = None,
                  postread: Optional[Callable[..., Any]] = None,
-                 update: Optional[Callable[..., Any]] = None) -> None:
+                 update: Optional[Callable[..., Any]] = None,
+                 format: Optional[str] = None) -> None:  # noqa: A002 - KTL's word
         self._fast: Optional[Tuple[bool, bool]] = None
         self.name = _keyword_name(name)
         self.service = service
-        self.type: KeywordType = keyword_type(self.KTL_TYPE, name=self.name, minimum=minimum,
+        self.log = getattr(service, "log", logging.getLogger(__name__))
+        decl = _declaration(service, self.name)
+        kind = self._xml_kind(decl)
+        if decl is not None:
+            enumerators = _pick(enumerators, decl.enumerators if _has_values(kind) else None)
+            numeric = kind in ("integer", "double", "integer-array", "double-array")
+            minimum = _pick(minimum, decl.minimum if numeric else None)
+            maximum = _pick(maximum, decl.maximum if numeric else None)
+            units = _pick(units, decl.units)
+            description = _pick(description, decl.brief)
+            format = _pick(format, decl.format)
+            initial = _pick(initial, decl.initial)
+            readonly = readonly or decl.readonly
+            writeonly = writeonly or decl.writeonly
+        if kind in ("enumerated", "mask") and enumerators is None:
+            kind = "integer"      # no names (yet): see _set_enumerators
+        self.type: KeywordType = keyword_type(kind, name=self.name, minimum=minimum,
                                               maximum=maximum, enumerators=enumerators)
+        #: "ascii" (KTL's string values) or "native" (typed values): the service's mode.
+        self.values: str = getattr(service, "values", "native")
+        self._ascii_mode = self.values == "ascii"
         self.units = units
         self.description = description
+        self.help: Optional[str] = decl.verbose if decl is not None else None
+        self.format = _check_format(self.name, format)
+        self.labels: Optional[Tuple[str, ...]] = decl.labels if decl is not None else None
+        self.length: Optional[int] = len(self.labels) if self.labels else None
+        self._serverside: Tuple[Tuple[str, str], ...] = decl.serverside if decl else ()
+        self._declaration = decl
+        if self.KTL_TYPE == "enumerated" or self.type.type == "enumerated":
+            self.mapping = EnumeratorMapping(self.type.enumerators or (),
+                                             self._set_enumerators)
         self.readonly = bool(readonly)
         self.writeonly = bool(writeonly)
         if self.readonly and self.writeonly:
@@ -115,7 +290,6 @@ class Keyword:
         if period is not None:
             _check_period(self.name, period)
         self.history: Deque[Tuple[Any, float]] = deque(maxlen=HISTORY_LENGTH)
-        self.log = getattr(service, "log", logging.getLogger(__name__))
         self._snap = _EMPTY
         self._lock = threading.Lock()          # guards seq/store/enqueue; never held around hooks
         self._callbacks: List[Callback] = []
@@ -143,6 +317,33 @@ class Keyword:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.full_name} = {self._snap.ascii!r}>"
 
+    def __contains__(self, item: Any) -> bool:
+        """``'text' in keyword``: whether the value (or its ascii form) contains ``item``."""
+        if self._snap.seq == 0:
+            return False
+        texts = (str(self.value), self._snap.ascii)
+        return any(str(item) in text for text in texts)
+
+    def _set_enumerators(self, pairs: List[Tuple[int, str]]) -> None:
+        """``mapping`` changed: the type follows (an integer while it is empty)."""
+        kt = self.type
+        if pairs:
+            self.type = keyword_type("enumerated", name=self.name, enumerators=pairs)
+        else:
+            self.type = keyword_type("integer", name=self.name, minimum=kt.minimum,
+                                     maximum=kt.maximum)
+
+    def _xml_kind(self, decl: Any) -> str:
+        """The type: the class's, or the declaration's for a generic class."""
+        if decl is None or decl.type == _canonical(self.KTL_TYPE):
+            return self.KTL_TYPE
+        if type(self).KTL_GENERIC:
+            return decl.type
+        self.log.warning("%s: the KTL XML (%s) declares a %s keyword; the code's %s keeps "
+                         "its type %s", self.name, decl.source, decl.type, type(self).__name__,
+                         self.KTL_TYPE)
+        return self.KTL_TYPE
+
     # ------------------------------------------------------------ attributes
 
     @property
@@ -151,8 +352,55 @@ class Keyword:
 
     @property
     def value(self) -> Any:
-        """The native value (None until first set).  Change it with :meth:`set`."""
+        """The value (None until first set), in the service's mode; change it with :meth:`set`.
+
+        ascii mode: a string, as KTL gives it (:meth:`hook_value`); native
+        mode: the typed value, as :attr:`binary`.
+        """
+        snap = self._snap
+        if not self._ascii_mode or snap.seq == 0:
+            return snap.value
+        return self.hook_value(snap.value)
+
+    @property
+    def binary(self) -> Any:
+        """The typed (native) value in either mode: int, float, bool, str or list."""
         return self._snap.value
+
+    def hook_value(self, native: Any) -> Any:
+        """A typed value as this keyword's hooks and :attr:`value` show it.
+
+        Native mode: unchanged.  ascii mode: the string KTL's dispatcher code
+        compares -- ``'3'`` for an integer, ``repr`` of a double, the text of
+        a string, elements joined by spaces for an array, and for an
+        enumerated or boolean keyword its number (``'1'``) as an
+        :class:`AsciiValue` that also equals its enumerator name.
+        """
+        if not self._ascii_mode or native is None:
+            return native
+        kt = self.type
+        if kt.type in ("enumerated", "boolean"):
+            number = int(native)
+            return AsciiValue(str(number), _enumerator_name(kt, number))
+        if kt.type == "mask":
+            return str(int(native))
+        return kt.to_ascii(native)
+
+    def cast(self, value: Any) -> Any:
+        """``value`` (ascii or native) as this keyword's Python type: int, float, bool, str, list.
+
+        Raises ValueError for a value the keyword cannot hold.
+        """
+        return self._coerce(value)
+
+    def serverside(self, name: str, default: Any = None) -> Any:
+        """A setting of the keyword's KTL XML ``<serverside>`` block, as text (``'5'``).
+
+        ``default`` when the block does not have it (or there is no XML).
+        """
+        decl = self._declaration
+        found = decl.serverside_value(name) if decl is not None else None
+        return default if found is None else found
 
     @property
     def ascii(self) -> Optional[str]:
@@ -172,6 +420,7 @@ class Keyword:
     def __getitem__(self, key: str) -> Any:
         """DFW's dictionary interface: ``kw['value']``, ``kw['name']``, ..."""
         allowed = {"value": lambda: self.value, "name": lambda: self.name,
+                   "binary": lambda: self.binary, "bin": lambda: self.binary,
                    "readonly": lambda: self.readonly, "writeonly": lambda: self.writeonly,
                    "ascii": lambda: self.ascii, "timestamp": lambda: self.timestamp,
                    "units": lambda: self.units, "type": lambda: self.type.ktl_type}
@@ -194,7 +443,8 @@ class Keyword:
 
     def prewrite(self, value: Any) -> Any:
         """Skip equal writes (NoWriteNecessary), else ``check`` and return the value."""
-        if self.type.equal(self._snap.value, value):
+        native = self._coerce(value) if self._ascii_mode else value
+        if self.type.equal(self._snap.value, native):
             raise NoWriteNecessary(f"{self.full_name} is already {self._snap.ascii!r}")
         self.check(value)
         return value
@@ -205,17 +455,17 @@ class Keyword:
     def postwrite(self, value: Any) -> None:
         """After a successful write: store and broadcast the value.
 
-        Like ``set(value)``, without translating and converting again: the
-        value has been through both on its way here.
+        Like ``set(value)``, without translating again: the value has been
+        through translation on its way here.
         """
-        self._set_native(value, False)
+        self._set_native(self._coerce(value) if self._ascii_mode else value, False)
 
     def preread(self) -> None:
         """Before ``read``."""
 
     def read(self) -> Any:
-        """Read the authoritative source; the default is the stored value."""
-        return self._snap.value
+        """Read the authoritative source; the default is the stored :attr:`value`."""
+        return self.value
 
     def postread(self, value: Any) -> Any:
         """After ``read``: store (and broadcast, if changed) what was read."""
@@ -227,7 +477,7 @@ class Keyword:
         self.preread()
         value = self.read()
         if value is not None:
-            self.postread(value)
+            self.postread(self.hook_value(self._coerce(value)) if self._ascii_mode else value)
         return value
 
     # ------------------------------------------------------- public actions
@@ -239,13 +489,29 @@ class Keyword:
         without broadcasting → ``check`` → store (time, seq+1) → broadcast →
         callbacks.  Returns True when a new value was stored.
         """
-        return self._set_native(self.type.coerce(self.translate(value)), force)
+        return self._set_native(self._translate(value), force)
+
+    def _translate(self, value: Any) -> Any:
+        """translate → conversion.  In ascii mode a ``translate`` hook gets a string."""
+        if (self._ascii_mode and not isinstance(value, str)
+                and not _defaults(self, ("translate",))):
+            value = self.hook_value(self._coerce(value))
+        return self._coerce(self.translate(value))
+
+    def _coerce(self, value: Any) -> Any:
+        """The canonical native of an ascii or native value; checks the XML array length."""
+        native = self.type.coerce(value)
+        if self.length is not None and len(native) != self.length:
+            raise ConversionError(
+                f"{self.name}: {len(native)} element{'' if len(native) == 1 else 's'}, "
+                f"expected {self.length} ({', '.join(repr(l) for l in self.labels or ())})")
+        return native
 
     def _set_native(self, value: Any, force: bool) -> bool:
         """``set`` after translate and conversion."""
         if not force and self.type.equal(self._snap.value, value):
             return False
-        self.check(value)
+        self.check(self.hook_value(value))
         wait_for_room = getattr(self.service, "_wait_for_room", None)
         if wait_for_room is not None:
             wait_for_room()              # backpressure when the I/O thread is far behind
@@ -262,10 +528,24 @@ class Keyword:
         """Called with the lock held: the new snapshot, recorded in the history."""
         now = time.time()
         wire, raw = self.type.to_wire(value)
-        snap = Snapshot(value, self.type.to_ascii(value), wire, raw, now, self._snap.seq + 1)
+        snap = Snapshot(value, self._client_ascii(value), wire, raw, now, self._snap.seq + 1)
         self._snap = snap
         self.history.append((value, now))
         return snap
+
+    def _client_ascii(self, value: Any) -> str:
+        """The ascii form clients read: a boolean's names, the XML ``format``."""
+        kt = self.type
+        if kt.type == "boolean" and kt.enumerators:
+            return _enumerator_name(kt, int(value)) or kt.to_ascii(value)
+        if self.format and (kt.is_numeric or kt.type == "string"):
+            try:
+                if kt.is_array:
+                    return " ".join(self.format % item for item in _items(value))
+                return self.format % value
+            except (TypeError, ValueError):
+                pass
+        return kt.to_ascii(value)
 
     def modify(self, value: Any) -> bool:
         """The client write path: translate, convert, prewrite, write, postwrite.
@@ -283,17 +563,19 @@ class Keyword:
 
     def _prepare_write(self, value: Any) -> Any:
         """translate → conversion → prewrite: may refuse, changes nothing."""
-        value = self.type.coerce(self.translate(value))
-        result = self.prewrite(value)
-        if result is None or result is value:
+        value = self._translate(value)
+        shown = self.hook_value(value)
+        result = self.prewrite(shown)
+        if result is None or result is shown:
             return value
-        return self.type.coerce(result)     # a prewrite that substituted a value
+        return self._coerce(result)     # a prewrite that substituted a value
 
     def _apply_write(self, value: Any) -> bool:
-        """write → postwrite; whether a new value was stored meanwhile."""
+        """write → postwrite (both given :meth:`hook_value`); whether a new value was stored."""
         before = self._snap.seq
-        self.write(value)
-        self.postwrite(value)
+        shown = self.hook_value(value)
+        self.write(shown)
+        self.postwrite(shown)
         return self._snap.seq != before
 
     def _fast_modify(self, value: Any) -> bool:
@@ -302,7 +584,7 @@ class Keyword:
         What the default hooks do, without the calls: convert, skip an equal
         value, store and broadcast.  Used on the I/O thread (fast path).
         """
-        value = self.type.coerce(value)
+        value = self._coerce(value)
         with self._lock:
             if self.type.equal(self._snap.value, value):
                 return False
@@ -441,6 +723,41 @@ class Keyword:
         return self._fast_paths()[1] and not self._callbacks
 
 
+def _declaration(service: Any, name: str) -> Any:
+    """The service's KTL XML declaration of ``name`` (a ktlxml.Declaration), if any."""
+    declarations = getattr(service, "declarations", None)
+    return declarations.get(name) if declarations else None
+
+
+def _pick(code: Any, xml: Any) -> Any:
+    """What the code says wins over the XML."""
+    return xml if code is None else code
+
+
+def _canonical(kind: str) -> str:
+    return _canonical_type(kind, "?")
+
+
+def _has_values(kind: str) -> bool:
+    return _canonical(kind) in ("boolean", "enumerated", "mask")
+
+
+def _enumerator_name(kt: KeywordType, number: int) -> Optional[str]:
+    return kt._by_value.get(number)  # type: ignore[attr-defined]
+
+
+def _items(native: Any) -> List[Any]:
+    return native.tolist() if hasattr(native, "tolist") else list(native)
+
+
+def _check_format(name: str, fmt: Optional[str]) -> Optional[str]:
+    if fmt is None:
+        return None
+    if not isinstance(fmt, str) or "%" not in fmt:
+        raise ValueError(f"{name}: format must be a printf format such as '%.2f', got {fmt!r}")
+    return fmt
+
+
 def _defaults(kw: Keyword, hooks: Sequence[str]) -> bool:
     cls = type(kw)
     instance = kw.__dict__
@@ -482,26 +799,27 @@ def _epoch(appointment: Any) -> float:
 # typed keywords
 # --------------------------------------------------------------------------
 
-class Basic(Keyword):
-    """A generic keyword whose values are strings (KTL ``basic``)."""
-
-    KTL_TYPE = "string"
+#: KTL's name of the generic keyword class, which every typed class derives from.
+Basic = Keyword
 
 
 class String(Keyword):
     KTL_TYPE = "string"
+    KTL_GENERIC = False
 
 
 class Boolean(Keyword):
     """``True``/``False``; accepts 1/0, true/false, yes/no, on/off."""
 
     KTL_TYPE = "boolean"
+    KTL_GENERIC = False
 
 
 class Integer(Keyword):
     """A 32-bit integer (inclusive range); fractions are refused, not truncated."""
 
     KTL_TYPE = "integer"
+    KTL_GENERIC = False
 
     def increment(self, amount: int = 1) -> bool:
         """Add ``amount`` to the value (0 when unset) and broadcast."""
@@ -514,33 +832,42 @@ class Double(Keyword):
     """A double; NaN and infinities are allowed unless a range is set."""
 
     KTL_TYPE = "double"
+    KTL_GENERIC = False
 
 
 Float = Double
 
 
 class Enumerated(Keyword):
-    """An integer whose ascii form is an enumerator name; ``enumerators`` is required."""
+    """An integer whose ascii form is an enumerator name.
+
+    The enumerators come from the code (``enumerators=``) or the KTL XML;
+    ``mapping`` (an :class:`EnumeratorMapping`) maps numbers to names.
+    """
 
     KTL_TYPE = "enumerated"
+    KTL_GENERIC = False
 
 
 class Mask(Keyword):
     """A bit pattern whose bits are named by ``enumerators``."""
 
     KTL_TYPE = "mask"
+    KTL_GENERIC = False
 
 
 class IntegerArray(Keyword):
     """A 1-D list of integers (a numpy int64 array when numpy is used)."""
 
     KTL_TYPE = "integer-array"
+    KTL_GENERIC = False
 
 
 class DoubleArray(Keyword):
     """A 1-D list of doubles (a numpy float64 array when numpy is used)."""
 
     KTL_TYPE = "double-array"
+    KTL_GENERIC = False
 
 
 def _type_table() -> Dict[str, Type[Keyword]]:

@@ -9,6 +9,12 @@ one)::
     python examples/instrument.py [-c CONFIG] [--service NAME] [--speed SECONDS]
 
 and talk to it with ``cauldron-zmq show -s demo FILTER TEMP``.
+
+It is written as KTL dispatchers are: ``DFW.Service`` starts serving when
+constructed, and values (``self.value``, what the hooks receive) are ascii
+strings -- ``int(value)``, ``value == '1'``, ``float(self.value)``.  A new
+dispatcher that prefers typed values passes ``values="native"`` (then
+``self.value`` is a float, a bool...); ``self.binary`` is typed in both modes.
 """
 from __future__ import annotations
 
@@ -45,9 +51,10 @@ class FilterWheel(DFW.Enumerated):
         return super().prewrite(value)
 
     def write(self, value) -> None:
+        # value is the enumerator's number as a string ('2'), also equal to its name ('R')
         slots = abs(int(value) - int(self.value or 0))
         self.service["TARGET"].set(value)
-        self.service["MOVING"].set(True)
+        self.service["MOVING"].set("1")
         self._mover = threading.Thread(target=self._move, args=(value, slots),
                                        name="filter-wheel", daemon=True)
         self._mover.start()
@@ -59,24 +66,24 @@ class FilterWheel(DFW.Enumerated):
         # A real wheel would be commanded here and polled until it arrives.
         time.sleep(slots * self.seconds_per_slot)
         self.set(value)
-        self.service["MOVING"].set(False)
+        self.service["MOVING"].set("0")
 
 
 class Temperature(DFW.Double):
     """Read from the 'hardware' every period: approaches the set point."""
 
-    def read(self) -> Optional[float]:
+    def read(self) -> str:
         service = self.service
-        current = self.value if self.value is not None else 20.0
-        if not service["HEATER"].value:
+        current = float(self.value) if self.value is not None else 20.0
+        if service["HEATER"].value == "0":
             goal = 20.0
         else:
-            goal = service["SETPOINT"].value
-        return round(current + (goal - current) * 0.3, 3)
+            goal = float(service["SETPOINT"].value)
+        return str(round(current + (goal - current) * 0.3, 3))
 
 
 def setup(service: DFW.Service) -> None:
-    """Create the keywords; DFW calls this before begin()."""
+    """Create the keywords; DFW.Service calls this before it starts serving."""
     DFW.Enumerated("TARGET", service, enumerators=FILTERS, initial="Clear", readonly=True,
                    description="Where the filter wheel is going")
     DFW.Boolean("MOVING", service, initial=False, readonly=True, description="The wheel is moving")
@@ -97,8 +104,10 @@ def main(argv=None) -> None:
                         help="seconds per filter slot")
     args = parser.parse_args(argv)
     FilterWheel.seconds_per_slot = args.speed
-    service = DFW.Service(args.service, config=args.config, setup=setup)
-    service.serve_forever()  # begin(), then serve until SIGINT/SIGTERM
+    service = DFW.Service(args.service, args.config, setup)    # serving from here on
+    # A KTL dispatcher would now loop on time.sleep(1); serve_forever() does the
+    # same and also shuts down cleanly (unregistering) on SIGINT/SIGTERM.
+    service.serve_forever()
 
 
 if __name__ == "__main__":

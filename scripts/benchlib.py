@@ -375,7 +375,8 @@ def role_dispatcher(config_path: str, service: str) -> None:
     def ready(svc: Any) -> None:
         print("bench dispatcher ready " + json.dumps(svc.address), flush=True)
 
-    DFW.Service(service, config=config_path, setup=setup).serve_forever(ready=ready)
+    DFW.Service(service, config=config_path, setup=setup, values="native",
+                start=False).serve_forever(ready=ready)
 
 
 def role_sub(control: str, publishers: List[str], hwm: int, index: int) -> None:

@@ -83,3 +83,30 @@ def test_instrument_toml_is_served(tmp_path):
             assert refused.value.code == "read-only"
         finally:
             svc.shutdown()
+
+
+def test_instrument_xml_is_served(tmp_path):
+    """examples/instrument.xml: the same keywords as a KTL XML bundle, with KTL's rules."""
+    with ServiceHarness(EXAMPLES / "instrument.xml", service="demo", directory=tmp_path,
+                        subprocess=True) as harness:
+        svc = harness.client()
+        try:
+            assert set(svc.keywords()) == {"FILTER", "TARGET", "MOVING", "HEATER", "SETPOINT",
+                                           "TEMP", "OBSERVER", "OFFSETS", "SHUTTERS"}
+            svc["FILTER"].write("halpha")
+            assert svc["FILTER"].read() == "Halpha" and svc["FILTER"].read(binary=True) == 4
+            svc["HEATER"].write(1)
+            assert svc["HEATER"].read() == "on"
+            svc["SETPOINT"].write(25)
+            assert svc["SETPOINT"].read() == "25.0"
+            svc["OFFSETS"].write([1.5, -2.0])
+            assert list(svc["OFFSETS"].read(binary=True)) == [1.5, -2.0]
+            with pytest.raises(ktl.DispatcherError, match="1 element, expected 2"):
+                svc["OFFSETS"].write([1.5])
+            with pytest.raises(ktl.DispatcherError, match="above the maximum 40.0"):
+                svc["SETPOINT"].write(41)
+            with pytest.raises(ktl.DispatcherError) as refused:
+                svc["TEMP"].write(30)
+            assert refused.value.code == "read-only"
+        finally:
+            svc.shutdown()

@@ -98,7 +98,7 @@ FAULTY = textwrap.dedent('''
         DFW.Integer("COUNTER", s, initial=0)
         Burst("BURST", s, initial=0)
 
-    DFW.Service(name, config, setup=setup).serve_forever()
+    DFW.Service(name, config, setup=setup, values="native").serve_forever()
 ''')
 
 
@@ -464,7 +464,7 @@ def test_client_sigkilled_mid_request(tmp_path: Path, procs: Processes,
         assert svc["SLOW"].read() == "0"
         release.set()                         # the hook returns; the reply has nowhere to go
         dispatcher = h.dispatcher
-        wait_until(lambda: dispatcher["SLOW"].value == 7, 10,
+        wait_until(lambda: dispatcher["SLOW"].binary == 7, 10,
                    message="the dead client's queued writes done")
         wait_until(lambda: not dispatcher._executor._queues, 10,
                    message="the keyword's queue freed")

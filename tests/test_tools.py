@@ -94,7 +94,7 @@ def test_modify(harness: ServiceHarness) -> None:
                                        "setting MODE = ON (wait)",
                                        "setting NAME = two words (wait)"]
     d = harness.dispatcher
-    assert (d["COUNT"].value, d["TEMP"].value, d["MODE"].ascii, d["NAME"].value) == \
+    assert (d["COUNT"].binary, d["TEMP"].binary, d["MODE"].ascii, d["NAME"].binary) == \
         (5, -3.5, "ON", "two words")
 
 
@@ -112,7 +112,7 @@ def test_modify_quiet_parallel_binary(harness: ServiceHarness) -> None:
 def test_modify_nowait(harness: ServiceHarness) -> None:
     out = cli(harness, "modify", "-s", "tools", "-n", "COUNT=8")
     assert out.returncode == 0 and out.stdout == "setting COUNT = 8 (nowait)\n"
-    wait_until(lambda: harness.dispatcher["COUNT"].value == 8, 3)
+    wait_until(lambda: harness.dispatcher["COUNT"].binary == 8, 3)
 
 
 def test_modify_refused(harness: ServiceHarness) -> None:
