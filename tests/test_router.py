@@ -132,7 +132,8 @@ def test_register_lookup_list(book: Book) -> None:
     assert [e["dispatcher"] for e in listed["entries"]] == ["a", "b"]
     assert set(listed["entries"][0]) == {"service", "dispatcher", "host", "protocol",
                                          "dispatch_port", "broadcast_port", "state",
-                                         "last_heartbeat", "age", "keywords"}
+                                         "last_heartbeat", "age", "keywords", "pid",
+                                         "ready"}
 
 
 def test_lookup_never_allocates(book: Book) -> None:
