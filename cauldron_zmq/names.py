@@ -36,7 +36,7 @@ PROTOCOLS = ("tcp", "ipc")
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 # Characters kept as they are in a file name; everything else is %XX-escaped.
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-_SUFFIX_ROOM = 16          # ".json", ".corrupt-<stamp>" is added by set_aside to the full name
+_SUFFIX_ROOM = 32          # after ".json": ".corrupt-<stamp>-<n>" (set_aside), ".<random>.tmp"
 
 
 class InvalidName(ValueError):
