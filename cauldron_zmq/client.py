@@ -1810,7 +1810,7 @@ class Service:
         raw = result.get("dispatchers") if isinstance(result, dict) else None
         entries, problems = split_entries(raw or [])
         for problem in problems:
-            self.log.warning("service %r: ignoring a bad look-up entry: %s", self.name, problem)
+            self.log.info("service %r: ignoring a bad look-up entry: %s", self.name, problem)
         if problems and not entries:
             raise ProtocolError(protocol.E_REQUEST, (
                 f"service {self.name!r}: the router at {engine.router_address} lists no "

@@ -441,14 +441,15 @@ class Book:
                    now: float, caller: Caller = NOBODY) -> Dict[str, Any]:
         """Mark the entry down; its pair stays reserved for the name.
 
-        Only the instance that registered it may (an admin may always; an
-        entry registered without an instance, by an older dispatcher, anyone):
+        Only the instance that registered it may (an entry registered without
+        an instance, by an older dispatcher: anyone; an operator removes an
+        entry with :meth:`forget`):
         a stopping second copy, or a stray request, must not take the name
         from the dispatcher that serves it.
         """
         entry = self._known(service, dispatcher)
         self._check_owner(entry, caller, "unregister")
-        if _other_instance(entry, instance, strict=True) and not caller.admin:
+        if _other_instance(entry, instance, strict=True):
             raise RouterRefusal(protocol.E_NOT_ALLOWED, (
                 f"{entry.name} was registered by another instance (pid {entry.pid} on "
                 f"{entry.host}); only that one may unregister it"))

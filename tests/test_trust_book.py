@@ -99,9 +99,11 @@ def test_a_held_pair_that_does_not_answer_is_a_conflict_not_a_block(book: Book) 
     assert book.blocked == []
 
 
-def test_an_admin_may_unregister_any_instance(book: Book) -> None:
+def test_even_an_admin_unregisters_only_with_the_instance(book: Book) -> None:
     serve(book, "a")
-    assert book.unregister("demo", "default", now=T0, caller=ADMIN)["state"] == DOWN
+    assert refusal(book.unregister, "demo", "default", now=T0,
+                   caller=ADMIN).code == protocol.E_NOT_ALLOWED
+    assert book.forget("demo", "default", now=T0, caller=ADMIN)["forgotten"]
 
 
 # -------------------------------------------------------------- avoid and blocks
@@ -188,7 +190,8 @@ def test_only_the_registering_key_or_an_admin_changes_an_entry(book: Book) -> No
     assert book.register("demo", "default", "127.0.0.1", instance="a", now=T0 + 1,
                          caller=owner)["dispatch_port"] == 7000
     admin = Caller(key="K-ops", admin=True)
-    assert book.unregister("demo", "default", now=T0 + 2, caller=admin)["state"] == DOWN
+    assert book.unregister("demo", "default", instance="a", now=T0 + 2,
+                           caller=admin)["state"] == DOWN
     assert book.get("demo", "default").key == "K-disp"     # an admin does not take it over
 
 
