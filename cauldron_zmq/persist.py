@@ -103,8 +103,8 @@ class Persister:
         try:
             with open(path, "rb") as stream:
                 data = loads(stream.read())
-        except FileNotFoundError:
-            return None
+        except (FileNotFoundError, NotADirectoryError):
+            return None             # nothing saved yet (a save will say what is wrong)
         except (OSError, ValueError) as exc:
             self._set_aside(path, f"cannot be read: {exc}")
             return None
