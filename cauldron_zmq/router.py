@@ -732,10 +732,17 @@ class Book:
         return book
 
     def _entry_from_row(self, row: Any, now: float) -> Optional[Entry]:
+        service, dispatcher = _typed(row, "service", str), _typed(row, "dispatcher", str)
+        host = _typed(row, "host", str)
+        try:        # an older release accepted any name and host: drop those, keep the rest
+            service = _check_name("service", service).lower()
+            _check_name("dispatcher", dispatcher)
+            _check_host(host, self.protocol)
+        except RouterRefusal as exc:
+            log.warning("state file: dropping the entry %.80r/%.80r: %s", service, dispatcher,
+                        exc.message)
+            return None
         try:
-            service = _check_name("service", _typed(row, "service", str)).lower()
-            dispatcher = _check_name("dispatcher", _typed(row, "dispatcher", str))
-            host = _check_host(_typed(row, "host", str), self.protocol)
             proto = _typed(row, "protocol", str)
             dport, bport = _typed(row, "dispatch_port", int), _typed(row, "broadcast_port", int)
             registered = _typed(row, "registered", bool)

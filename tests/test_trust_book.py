@@ -223,3 +223,14 @@ def test_ipc_books_take_path_prefixes() -> None:
     book = Book(7000, 7003, expiry=10, protocol="ipc")
     assert book.register("s", "d", "/tmp/cz/sock", now=T0)["dispatch_port"] == 7000
     assert refusal(book.register, "s", "e", "/tmp/\x00", now=T0).code == protocol.E_REQUEST
+
+
+def test_a_state_file_entry_with_a_bad_name_or_host_is_dropped_alone(book: Book) -> None:
+    book.register("demo", "default", "127.0.0.1", now=T0)
+    book.register("demo", "other", "127.0.0.1", now=T0)
+    data = book.to_data(T0)
+    data["entries"][1]["host"] = "bad host;"      # what an older release accepted
+    data["entries"].append(dict(data["entries"][0], service="../escape", dispatch_port=7004,
+                                broadcast_port=7005))
+    again = Book.from_data(data, first_port=7000, last_port=7007, expiry=10, now=T0)
+    assert [e.name for e in again.entries()] == ["demo/default"]

@@ -160,3 +160,14 @@ def test_an_unwritable_state_file_is_not_retried_per_request(tmp_path: Path, cap
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert 1 <= len(errors) <= 3, [r.getMessage() for r in errors]
     assert len(attempts) <= 10, len(attempts)     # not one per request (200)
+
+
+def test_keyword_files_use_the_same_name_rules(tmp_path: Path) -> None:
+    from cauldron_zmq.errors import ConfigurationError
+    from cauldron_zmq.keywordfile import read_keyword_file
+    path = tmp_path / "kw.toml"
+    path.write_text('[keyword."A/B"]\ntype = "integer"\n')
+    with pytest.raises(ConfigurationError, match="names are not paths"):
+        read_keyword_file(path)
+    path.write_text('[keyword."X.Y"]\ntype = "integer"\n')
+    assert [spec.name for spec in read_keyword_file(path)] == ["X.Y"]
