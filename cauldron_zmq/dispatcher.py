@@ -412,7 +412,7 @@ class Service:
         if io is not None:
             io_stopped = io.stop()
         if self._persister is not None:
-            self._persister.close()
+            self._persister.close(flush=final)     # a failed begin() writes nothing
             if not final:
                 self._persister = None
         if self._own_router is not None:

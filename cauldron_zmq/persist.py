@@ -148,15 +148,20 @@ class Persister:
             self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
             self._thread.start()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Write what is pending and stop the writer thread."""
+    def close(self, timeout: float = 5.0, flush: bool = True) -> None:
+        """Write what is pending (unless ``flush`` is false) and stop the writer thread.
+
+        A dispatcher that failed to begin closes without writing: it served
+        nothing, and the file may belong to a copy that does serve.
+        """
         with self._cond:
             self._stopping = True
             thread, self._thread = self._thread, None
             self._cond.notify_all()
         if thread is not None:
             thread.join(timeout)
-        self.flush()
+        if flush:
+            self.flush()
 
     def flush(self) -> bool:
         """Write now if anything changed (on the calling thread); False if that failed.

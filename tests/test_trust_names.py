@@ -2,7 +2,6 @@
 limit is raised.  Pure functions only (issue 10, items 3, 4, 8, 9)."""
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Any
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from cauldron_zmq.config import load_config
 from cauldron_zmq.dispatcher import Service
 from cauldron_zmq.persist import persist_path
 from cauldron_zmq.router import Router, RouterClient
-from cauldron_zmq.testing import wait_until, write_test_config
+from cauldron_zmq.testing import write_test_config
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,7 +12,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List
 
 import pytest
 import zmq
@@ -23,6 +23,7 @@ from cauldron_zmq.cli import main as cli_main
 from cauldron_zmq.config import load_config
 from cauldron_zmq.dispatcher import Service
 from cauldron_zmq.errors import CauldronError, RouterError
+from cauldron_zmq.persist import persist_path
 from cauldron_zmq.router import Router, RouterClient
 from cauldron_zmq.testing import ServiceHarness, free_port, wait_until, write_test_config
 
@@ -32,6 +33,7 @@ KEYWORDS = textwrap.dedent("""
     [keyword.COUNT]
     type = "integer"
     initial = 1
+    persist = true
 """)
 
 
@@ -96,6 +98,10 @@ def test_a_second_copy_is_refused_and_the_first_keeps_serving(tmp_path: Path,
         first = h.dispatcher.pid
         client = h.client()
         client["COUNT"].write(5)
+        saved = Path(persist_path(h.config.zmq.persist_dir, "demo", "default"))
+        wait_until(lambda: saved.exists() and '"value": 5' in saved.read_text(), 5,
+                   message="COUNT persisted")
+        on_disk = saved.read_bytes()
         second = subprocess.run(
             [sys.executable, "-m", "cauldron_zmq", "serve", "demo", str(kwfile), "-c",
              str(h.config_path)], env=_child_env(), stdin=subprocess.DEVNULL,
@@ -108,6 +114,7 @@ def test_a_second_copy_is_refused_and_the_first_keeps_serving(tmp_path: Path,
         [entry] = lookup(h.config, "demo")
         assert entry["pid"] == first and entry["state"] == "live"
         assert book_list(h.config)["blocked"] == []
+        assert saved.read_bytes() == on_disk       # the second copy wrote nothing
         fresh = h.client()
         assert fresh["COUNT"].read() == "5"
         client["COUNT"].write(6)
