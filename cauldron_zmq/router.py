@@ -557,8 +557,13 @@ class Book:
 
     @staticmethod
     def _check_owner(entry: Optional[Entry], caller: Caller, what: str) -> None:
-        """With CURVE: only the key an entry was registered with, or an admin key."""
-        if entry is None or entry.key is None or caller.admin or caller.key == entry.key:
+        """With CURVE: only the key an entry was registered with, or an admin key.
+
+        Without security (``caller.key`` None) there is no key to compare:
+        keys saved while it was on do not lock anyone out once it is off.
+        """
+        if entry is None or entry.key is None or caller.key is None or caller.admin or \
+                caller.key == entry.key:
             return
         raise RouterRefusal(protocol.E_NOT_ALLOWED, (
             f"{what} {entry.name} refused: it was registered with another key; only that "
@@ -810,8 +815,8 @@ def read_state(path: str) -> Optional[Any]:
     try:
         with open(path, "rb") as stream:
             raw = stream.read()
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None             # nothing saved yet (saving will say what is wrong)
     return protocol.loads(raw)
 
 

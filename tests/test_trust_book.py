@@ -234,3 +234,9 @@ def test_a_state_file_entry_with_a_bad_name_or_host_is_dropped_alone(book: Book)
                                 broadcast_port=7005))
     again = Book.from_data(data, first_port=7000, last_port=7007, expiry=10, now=T0)
     assert [e.name for e in again.entries()] == ["demo/default"]
+
+
+def test_saved_keys_do_not_lock_anyone_out_without_security(book: Book) -> None:
+    book.register("demo", "default", "10.0.0.1", now=T0, caller=Caller(key="K"))
+    book.unregister("demo", "default", now=T0, caller=Caller(key=None, admin=False))
+    assert book.get("demo", "default").registered is False
