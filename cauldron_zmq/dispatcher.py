@@ -492,10 +492,10 @@ class Service:
             ports = self._first_registration(client)
             try:
                 self._bind_registered(client, ports, serving=False)
-            except AlreadyServed:
+                self._announce(client)
+            except BaseException:         # AlreadyServed, BindError...: leave no reservation
                 self._withdraw(client)
                 raise
-            self._announce(client)
         finally:
             client.close()
 
