@@ -160,8 +160,9 @@ class Persister:
             self._cond.notify_all()
         if thread is not None:
             thread.join(timeout)
-        if flush:
-            self.flush()
+        if flush and not self.flush() and self.retry.failures > 1:
+            self.log.error("persisted values could not be saved to %s before stopping: the "
+                           "last changes are lost", self.path)
 
     def flush(self) -> bool:
         """Write now if anything changed (on the calling thread); False if that failed.

@@ -1304,6 +1304,8 @@ class Router:
             line = self._save_retry.failed(now, str(exc))
             if line:
                 log.error("%s", line)
+            elif final:
+                log.error("cannot save the router's book to %s before stopping: %s", path, exc)
             return
         line = self._save_retry.succeeded(now)
         if line:
