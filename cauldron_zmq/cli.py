@@ -27,6 +27,8 @@ _COMMANDS = (
     ("cauldron_zmq.commands.tools", "monitor"),
     ("cauldron_zmq.commands.tools", "list_"),
     ("cauldron_zmq.commands.keygen", "keygen"),
+    ("cauldron_zmq.commands.book", "forget"),
+    ("cauldron_zmq.commands.book", "unblock"),
 )
 
 _VERBOSE = re.compile(r"-v+|--verbose")

@@ -39,9 +39,10 @@ from . import protocol
 from .backoff import LOOKUP, Schedule
 from .config import Config, endpoint, load_config
 from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
-                     DispatcherRestarted,
+                     DispatcherRestarted, ProtocolError,
                      RemoteError, RouterError, ServiceNotFound, TimeoutError, remote_exception)
 from .expression import OPERATORS, ExpressionError, Value, compare, parse_relative
+from .names import split_entries
 from .security import (HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security, handshake_event,
                        refused_message)
 from .types import KeywordType, keyword_type
@@ -956,6 +957,8 @@ class _Engine:
                 return
             self._on_reply(protocol.decode_reply(frames, self.max_size),
                            f"the router at {self.router_address}")
+        if not any(p.router for p in self.pending.values()):
+            self._reset_router()   # off the data path: hold no connection between look-ups
 
     def _on_reply(self, reply: Union[protocol.Reply, protocol.Malformed], peer: str) -> None:
         if isinstance(reply, protocol.Malformed):
@@ -1191,7 +1194,7 @@ class _Engine:
             self.log.debug("%s", task.error)
             return
         result = task.result if isinstance(task.result, dict) else {}
-        entries = [e for e in result.get("dispatchers") or () if isinstance(e, dict)]
+        entries, _bad = split_entries(result.get("dispatchers") or [])
         for entry in entries:
             if _link_key(entry) != link.key:
                 continue
@@ -2034,7 +2037,14 @@ class Service:
                 raise ServiceNotFound(f"service {self.name!r} is not known to the router at "
                                       f"{engine.router_address}") from None
             raise
-        entries = [e for e in (result or {}).get("dispatchers") or () if isinstance(e, dict)]
+        raw = result.get("dispatchers") if isinstance(result, dict) else None
+        entries, problems = split_entries(raw or [])
+        for problem in problems:
+            self.log.info("service %r: ignoring a bad look-up entry: %s", self.name, problem)
+        if problems and not entries:
+            raise ProtocolError(protocol.E_REQUEST, (
+                f"service {self.name!r}: the router at {engine.router_address} lists no "
+                f"usable dispatcher ({'; '.join(problems[:3])})"))
         if not entries:
             raise ServiceNotFound(f"service {self.name!r}: the router at "
                                   f"{engine.router_address} lists no dispatcher for it")

@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import queue
+import secrets
 import signal
 import socket
 import subprocess
@@ -40,15 +41,18 @@ from . import __version__, protocol
 from .config import Config, endpoint, load_config
 from .errors import CauldronError, NoWriteNecessary, RouterError, TimeoutError
 from .keywords import VALUE_MODES, DuplicateKeyword, Keyword, Snapshot
-from .persist import Persister, persist_path
+from .limits import raise_file_limit
+from .names import check_name
+from .persist import Persister, legacy_persist_path, persist_path
 from .security import frame_property, server_security
 from .workers import KeyedExecutor, Scheduler
 
-__all__ = ["Service", "DEFAULT_DISPATCHER", "BindError", "ServiceLog"]
+__all__ = ["Service", "DEFAULT_DISPATCHER", "BindError", "ServiceLog", "AlreadyServed"]
 
 DEFAULT_DISPATCHER = "default"
 MAX_BIND_ATTEMPTS = 5          # re-registrations with "avoid" before giving up
 SPAWN_WAIT = 10.0              # seconds a spawned router has to answer
+PROBE_MS = 1000                # how long a port we cannot bind has to answer 'identify'
 SHUTDOWN_GRACE = 5.0           # seconds shutdown() waits for running hooks
 LINGER_MS = 100                # lets final replies and broadcasts leave on close
 BATCH = 256                    # requests handled between two looks at the queues
@@ -80,6 +84,11 @@ class BindError(CauldronError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[1])
+
+
+class AlreadyServed(CauldronError):
+    """Another live process already serves this (service, dispatcher): a second
+    copy is refused rather than splitting the service in two."""
 
 
 class _Box:
@@ -400,13 +409,16 @@ class Service:
 
     def _begin(self) -> None:
         self.started = time.time()
+        raise_file_limit()
+        self._instance = secrets.token_hex(8)    # tells a restart from a second copy
         self._context = zmq.Context()
         self._security = server_security(self.config, "dispatcher")
         if self._security is not None:
             self._auth = self._security.start_authenticator(self._context)
         if any(kw.persist for kw in self._keywords.values()):
-            path = persist_path(self.config.zmq.persist_dir, self.name, self.dispatcher)
-            self._persister = Persister(path, self.log)
+            where = (self.config.zmq.persist_dir, self.name, self.dispatcher)
+            self._persister = Persister(persist_path(*where), self.log,
+                                        legacy=legacy_persist_path(*where))
             self._restored = self._persister.load()
         self._apply_initial(list(self))
         self._io = _IOThread(self)
@@ -480,7 +492,7 @@ class Service:
         if io is not None:
             io_stopped = io.stop()
         if self._persister is not None:
-            self._persister.close()
+            self._persister.close(flush=final)     # a failed begin() writes nothing
             if not final:
                 self._persister = None
         if self._own_router is not None:
@@ -529,10 +541,13 @@ class Service:
     # -------------------------------------------------------- registration
 
     def _registration_payload(self, prefer: Optional[Tuple[int, int]] = None,
-                              avoid: Sequence[int] = ()) -> Dict[str, Any]:
+                              avoid: Sequence[int] = (), ready: bool = True) -> Dict[str, Any]:
         payload: Dict[str, Any] = {"dispatcher": self.dispatcher,
                                    "host": _advertised_host(self.config.zmq.host),
-                                   "keywords": self.keywords(), "pid": os.getpid()}
+                                   "keywords": self.keywords(), "pid": os.getpid(),
+                                   "instance": self._instance}
+        if not ready:
+            payload["ready"] = False
         if prefer is not None:
             payload["prefer"] = list(prefer)
         if avoid:
@@ -540,24 +555,50 @@ class Service:
         return payload
 
     def _register(self, client: Any, prefer: Optional[Tuple[int, int]] = None,
-                  avoid: Sequence[int] = ()) -> Tuple[int, int]:
-        result = client.request("register", self.name, self._registration_payload(prefer, avoid))
+                  avoid: Sequence[int] = (), ready: bool = True) -> Tuple[int, int]:
+        result = client.request("register", self.name,
+                                self._registration_payload(prefer, avoid, ready))
+        self._held_by = result.get("held_by") if isinstance(result.get("held_by"), dict) \
+            else None
         return int(result["dispatch_port"]), int(result["broadcast_port"])
 
     def _register_and_bind(self) -> None:
-        """First registration (spawning a router if none answers), then bind."""
+        """Reserve a pair (spawning a router if none answers), bind it, then register:
+        look-ups never return a dispatcher that does not listen yet."""
         from .router import RouterClient
         assert self._context is not None
         client = RouterClient(self.config, context=self._context)
         try:
             ports = self._first_registration(client)
-            self._bind_registered(client, ports)
+            try:
+                self._bind_registered(client, ports, serving=False)
+                self._announce(client)
+            except BaseException:         # AlreadyServed, BindError...: leave no reservation
+                self._withdraw(client)
+                raise
         finally:
             client.close()
 
+    def _announce(self, client: Any) -> None:
+        """Bound: register for real (``ready``), keeping the pair we listen on."""
+        for _attempt in range(MAX_BIND_ATTEMPTS):
+            ports = self._register(client, prefer=self._ports)
+            if ports == self._ports:
+                return
+            self.log.warning("the router gave a new pair %d/%d; moving there", *ports)
+            self._bind_registered(client, ports, serving=False)
+        raise CauldronError(f"{self.name}/{self.dispatcher}: the router keeps moving us")
+
+    def _withdraw(self, client: Any) -> None:
+        """Take back our reservation (it is only ours if nobody else held the name)."""
+        try:
+            client.unregister(self.name, self.dispatcher, instance=self._instance)
+        except CauldronError:
+            pass
+
     def _first_registration(self, client: Any) -> Tuple[int, int]:
         try:
-            return self._register(client)
+            return self._register(client, ready=False)
         except TimeoutError:
             pass
         address = self.config.router_address()
@@ -579,7 +620,7 @@ class Service:
         deadline = time.monotonic() + SPAWN_WAIT
         while True:
             try:
-                return self._register(client)
+                return self._register(client, ready=False)
             except TimeoutError:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{self.name}: started a router at {address}, but it "
@@ -603,8 +644,15 @@ class Service:
         self._own_router = router
         return lambda: None
 
-    def _bind_registered(self, client: Any, ports: Tuple[int, int]) -> None:
-        """Bind the pair; when a foreign process holds a port, ask for another pair."""
+    def _bind_registered(self, client: Any, ports: Tuple[int, int],
+                         serving: bool = True) -> None:
+        """Bind the pair; when a foreign process holds a port, ask for another pair.
+
+        Before we serve (``serving`` false), a port we cannot bind is first
+        asked ``identify``: if a dispatcher of our own name answers, this is a
+        second copy of a live dispatcher, refused with :class:`AlreadyServed`
+        (nothing is blocked because of it).
+        """
         assert self._io is not None
         avoid: Set[int] = set()
         for _attempt in range(MAX_BIND_ATTEMPTS):
@@ -614,13 +662,26 @@ class Service:
             except BindError as exc:
                 if exc.errno != errno.EADDRINUSE:
                     raise
+                if not serving:
+                    self._refuse_second_copy(exc.port)
                 self.log.warning("port %d is held by another process; asking the router for "
                                  "another pair", exc.port)
                 avoid.add(exc.port)
-                ports = self._register(client, avoid=sorted(avoid))
+                ports = self._register(client, avoid=sorted(avoid), ready=serving)
         raise BindError(ports[0], f"{self.name}/{self.dispatcher}", zmq.ZMQError(
             errno.EADDRINUSE, f"no bindable port pair after {MAX_BIND_ATTEMPTS} attempts; "
             f"ports held by other processes: {sorted(avoid)}"))
+
+    def _refuse_second_copy(self, port: int) -> None:
+        """Raise AlreadyServed when a dispatcher of our name answers on ``port``."""
+        held = getattr(self, "_held_by", None) or {}
+        host = str(held.get("host") or _advertised_host(self.config.zmq.host))
+        who = _probe_identity(self._context, self.config, port)
+        if who is None or who.get("service") != self.name or \
+                who.get("dispatcher") != self.dispatcher:
+            return
+        raise AlreadyServed(f"{self.name}/{self.dispatcher} is already served by pid "
+                            f"{who.get('pid')} on {host}")
 
     def _reregister(self, client: Any) -> None:
         """After the router lost us: register again preferring the pair we hold."""
@@ -1135,7 +1196,7 @@ class _Registrar:
         try:
             self._beat_until_stopped(client)
             try:
-                client.unregister(svc.name, svc.dispatcher)
+                client.unregister(svc.name, svc.dispatcher, instance=svc._instance)
             except (TimeoutError, RouterError) as exc:
                 self.log.info("could not unregister from the router: %s", exc)
         finally:
@@ -1173,12 +1234,19 @@ class _Registrar:
             svc._reregister(client)
             return
         try:
-            client.heartbeat(svc.name, svc.dispatcher)
+            entry = client.heartbeat(svc.name, svc.dispatcher, instance=svc._instance)
         except RouterError as exc:
             if exc.code != protocol.E_NOT_FOUND:
                 raise
             self.log.warning("the router no longer knows %s/%s; registering again",
                              svc.name, svc.dispatcher)
+            svc._reregister(client)
+            return
+        held = (entry.get("dispatch_port"), entry.get("broadcast_port"))
+        if svc._ports is not None and held != svc._ports:
+            self.log.warning("the router's entry for %s/%s names ports %s/%s, but we listen on "
+                             "%d/%d; registering again", svc.name, svc.dispatcher,
+                             held[0], held[1], *svc._ports)
             svc._reregister(client)
 
 
@@ -1194,12 +1262,10 @@ def _paths(value: Any) -> List[Any]:
 
 
 def _service_name(name: Any) -> str:
+    """Stripped and lower-cased, then :func:`cauldron_zmq.names.check_name` (a ValueError)."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"a service name must be a non-empty string, got {name!r}")
-    text = name.strip().lower()
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise ValueError(f"service name {name!r} contains control characters")
-    return text
+    return check_name("service", name.strip().lower())
 
 
 def _dispatcher_name(name: Any) -> str:
@@ -1207,9 +1273,34 @@ def _dispatcher_name(name: Any) -> str:
         return DEFAULT_DISPATCHER
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"a dispatcher name must be a non-empty string, got {name!r}")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or "/" in name:
-        raise ValueError(f"dispatcher name {name!r} contains control characters or '/'")
-    return name.strip()
+    return check_name("dispatcher", name.strip())
+
+
+def _probe_identity(context: Optional[zmq.Context], config: Config,
+                    port: int) -> Optional[Dict[str, Any]]:
+    """What answers ``identify`` on ``port`` of our host within PROBE_MS, or None."""
+    from .security import client_security
+    zcfg = config.zmq
+    ctx = context if context is not None else zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, zcfg.max_message_size)
+        keys = client_security(config)
+        if keys is not None:
+            keys.apply(sock)
+        sock.connect(endpoint(zcfg.protocol, zcfg.host, port, bind=False))
+        sock.send_multipart(protocol.encode_request(protocol.request("identify")), zmq.NOBLOCK)
+        if not sock.poll(PROBE_MS):
+            return None
+        reply = protocol.decode_reply(sock.recv_multipart(zmq.NOBLOCK), zcfg.max_message_size)
+        if isinstance(reply, protocol.Reply) and reply.ok and isinstance(reply.payload, dict):
+            return reply.payload
+        return None
+    except (zmq.ZMQError, CauldronError):
+        return None
+    finally:
+        sock.close(linger=0)
 
 
 def _advertised_host(host: str) -> str:

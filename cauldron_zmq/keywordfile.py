@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .errors import ConfigurationError, ConversionError
 from .keywords import Keyword, keyword_class
+from .names import InvalidName, check_name
 from .types import TYPE_NAMES, keyword_type
 
 try:
@@ -143,6 +144,10 @@ def parse_keywords(data: Mapping[str, Any], source: str = "<keywords>") -> List[
         name = str(raw_name).strip().upper()
         if not name or any(c.isspace() for c in name):
             raise table.error(None, "a keyword name must be non-empty and without whitespace")
+        try:
+            check_name("keyword", name)
+        except InvalidName as exc:
+            raise table.error(None, str(exc)) from None
         if name in specs:
             raise table.error(None, f"keyword {name} is defined twice (names are case-insensitive)")
         if not isinstance(body, Mapping):

@@ -35,7 +35,8 @@ MAX_ID_LENGTH = 64
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 
 # Commands each server understands.  ``ping`` is common to both.
-ROUTER_COMMANDS = frozenset({"register", "lookup", "unregister", "heartbeat", "list", "shutdown", "ping"})
+ROUTER_COMMANDS = frozenset({"register", "lookup", "unregister", "heartbeat", "list", "shutdown",
+                             "ping", "forget", "unblock"})
 DISPATCHER_COMMANDS = frozenset({"read", "write", "list", "describe", "identify", "ping"})
 
 ACK, OK, ERROR = "ack", "ok", "error"

@@ -38,7 +38,11 @@ import zmq
 from . import __version__
 from . import protocol
 from .config import Config, endpoint, load_config
+from .backoff import Schedule
 from .files import set_aside, write_atomically
+from .limits import raise_file_limit
+from .names import InvalidName, check_host, check_name
+from .retry import Retry
 from .errors import (AuthenticationError, CauldronError, ConfigurationError, ProtocolError,
                      RouterError, TimeoutError, remote_exception)
 from .security import (FAILED, HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security,
@@ -47,6 +51,7 @@ from .security import (FAILED, HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_secu
 
 __all__ = [
     "Book",
+    "Caller",
     "Entry",
     "RouterRefusal",
     "Router",
@@ -79,8 +84,8 @@ LIVE, STALE, DOWN = "live", "stale", "down"
 
 STATE_FORMAT = "cauldron_zmq-router-book"
 STATE_VERSION = 1
-MAX_NAME = 256
 REFUSAL_TYPE = "RouterRefusal"
+ADMIN_COMMANDS = frozenset({"forget", "unblock"})
 
 POLL_MS = 100            # how promptly stop() and expiry are noticed
 BATCH = 256              # messages handled between two looks at the stop flag
@@ -107,8 +112,14 @@ class Entry:
 
     ``registered`` is False once it unregistered (state ``down``); the pair
     stays with the name until the book needs it for someone else.
-    ``reported_stale`` only stops :meth:`Book.expire` reporting an expiry twice;
-    it is not persisted.
+    ``instance`` names the process that registered it (a random token each
+    dispatcher makes at start), so that a restart is told from a second
+    copy and an unregister only removes its own entry; ``key`` is the CURVE
+    public key it registered with (with ``[zmq-security]``), the only key
+    besides an admin's that may change or remove it.  ``ready`` is False
+    between a dispatcher's first registration and its bind: look-ups do not
+    return it yet.  ``reported_stale`` only stops :meth:`Book.expire`
+    reporting an expiry twice; it is not persisted.
     """
 
     service: str
@@ -123,22 +134,49 @@ class Entry:
     keywords: Tuple[str, ...] = ()
     pid: Optional[int] = None
     reported_stale: bool = False
+    instance: Optional[str] = None
+    key: Optional[str] = None
+    ready: bool = True
 
     @property
     def name(self) -> str:
         return f"{self.service}/{self.dispatcher}"
 
 
-def _check_name(kind: str, value: str) -> str:
-    """Names end up in topics, tables and log lines: printable, bounded, non-empty."""
-    if not value:
-        raise RouterRefusal(protocol.E_REQUEST, f"{kind} must not be empty")
-    if len(value) > MAX_NAME:
-        raise RouterRefusal(protocol.E_REQUEST, f"{kind} is longer than {MAX_NAME} characters")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise RouterRefusal(protocol.E_REQUEST,
-                            f"{kind} {value[:40]!r} contains control characters")
-    return value
+@dataclass
+class Block:
+    """A port a dispatcher could not bind: skipped until ``until``, then tried again.
+
+    ``count`` blocks in a row make the next one last longer
+    (:data:`BLOCK_RETRY`); a registration that binds the pair releases it.
+    """
+
+    until: float
+    count: int = 1
+
+
+#: How long a port reported unbindable is skipped: 30 s, doubling up to an hour.
+BLOCK_RETRY = Schedule(30.0, 2.0, 3600.0)
+
+
+def _check_name(kind: str, value: Any) -> str:
+    """:func:`cauldron_zmq.names.check_name`, refused as ``bad-request``."""
+    try:
+        return check_name(kind, value)
+    except InvalidName as exc:
+        raise RouterRefusal(protocol.E_REQUEST, str(exc)) from None
+
+
+def _check_host(value: str, transport: str) -> str:
+    """An address or host name for tcp; for ipc a path prefix without control characters."""
+    try:
+        if transport == "tcp":
+            return check_host(value)
+        if not value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise InvalidName(f"host {value[:60]!r} is not an ipc path prefix")
+        return value
+    except InvalidName as exc:
+        raise RouterRefusal(protocol.E_REQUEST, str(exc)) from None
 
 
 def _check_keywords(keywords: Optional[List[Any]]) -> Tuple[str, ...]:
@@ -161,6 +199,19 @@ def _field(payload: Any, name: str, kind: type, required: bool = True) -> Any:
         raise RouterRefusal(protocol.E_REQUEST, str(exc)) from None
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request, as the socket layer knows it: the CURVE key (None
+    without security) and whether that key, or the peer's address, may
+    administer the book (admin key; loopback without security)."""
+
+    key: Optional[str] = None
+    admin: bool = False
+
+
+NOBODY = Caller()
+
+
 class Book:
     """Who holds which port pair, and since when we last heard from them.
 
@@ -168,13 +219,15 @@ class Book:
     pair for as long as the book knows it.  New names get the lowest
     never-used pair; only when none is left is a ``down`` pair, then a
     ``stale`` one, taken from its old name, the longest silent first.  Ports
-    a dispatcher reported it could not bind (``avoid``) are ``blocked``: their
-    pairs are never handed out again.  ``revision`` counts changes worth
-    persisting (not heartbeats), so the owner knows when to save.
+    a dispatcher reported it could not bind (``avoid``) are ``blocked`` for a
+    while (:data:`BLOCK_RETRY`), then handed out again; a registration that
+    binds them releases them.  A pair held by another name is never blocked
+    by someone's ``avoid``.  ``revision`` counts changes worth persisting
+    (not heartbeats), so the owner knows when to save.
     """
 
     def __init__(self, first_port: int, last_port: int, expiry: float,
-                 protocol: str = "tcp") -> None:
+                 protocol: str = "tcp", block_retry: Schedule = BLOCK_RETRY) -> None:
         if last_port - first_port + 1 < 2:
             raise ValueError(f"port range {first_port}..{last_port} holds no pair")
         if expiry <= 0:
@@ -183,12 +236,13 @@ class Book:
         self.last_port = last_port
         self.expiry = float(expiry)
         self.protocol = protocol
+        self.block_retry = block_retry
         self.revision = 0
         self._services: Dict[str, Dict[str, Entry]] = {}
         self._owners: Dict[int, Entry] = {}
-        self._blocked_ports: Set[int] = set()
+        self._blocks: Dict[int, Block] = {}
         # Candidates for the lowest never-used pair: a heap whose stale items
-        # (owned or blocked since) are skipped lazily by _first_free().
+        # (owned since) are skipped lazily by _first_free().
         self._free: List[int] = list(range(self.pairs))
 
     # ------------------------------------------------------------- basics
@@ -203,8 +257,12 @@ class Book:
 
     @property
     def blocked(self) -> List[int]:
-        """The ports reported unbindable (only those inside the range are kept)."""
-        return sorted(self._blocked_ports)
+        """The ports reported unbindable and not released since (inside the range)."""
+        return sorted(self._blocks)
+
+    def blocked_at(self, now: float) -> List[int]:
+        """The blocked ports still skipped at ``now`` (the others are tried again)."""
+        return sorted(p for p, b in self._blocks.items() if b.until > now)
 
     def ports(self, pair: int) -> Tuple[int, int]:
         base = self.first_port + 2 * pair
@@ -238,10 +296,12 @@ class Book:
             "broadcast_port": entry.broadcast_port, "state": self.state(entry, now),
             "last_heartbeat": entry.last_heartbeat,
             "age": max(0.0, now - entry.last_heartbeat), "keywords": list(entry.keywords),
+            "pid": entry.pid, "ready": entry.ready,
         }
 
     # ----------------------------------------------------------- commands
-    def handle(self, command: str, target: str, payload: Any, *, now: float) -> Dict[str, Any]:
+    def handle(self, command: str, target: str, payload: Any, *, now: float,
+               caller: Caller = NOBODY) -> Dict[str, Any]:
         """Run one book command from its wire form; payload errors are ``bad-request``."""
         if command == "list":
             return self.list(now=now)
@@ -250,49 +310,75 @@ class Book:
                                 f"payload must be a JSON object, got {type(payload).__name__}")
         if command == "lookup":
             return self.lookup(target, now=now)
+        if command == "unblock":
+            return self.unblock(_field(payload, "port", int, required=False), now=now,
+                                caller=caller)
+        if command == "forget":
+            return self.forget(target, _field(payload, "dispatcher", str, required=False),
+                               now=now, caller=caller)
         dispatcher = _field(payload, "dispatcher", str)
+        instance = _field(payload, "instance", str, required=False)
         if command == "register":
             return self.register(target, dispatcher, _field(payload, "host", str),
                                  keywords=_field(payload, "keywords", list, required=False),
                                  pid=_field(payload, "pid", int, required=False),
                                  prefer=_field(payload, "prefer", list, required=False),
                                  avoid=_field(payload, "avoid", list, required=False),
-                                 now=now)
+                                 instance=instance,
+                                 ready=_field(payload, "ready", bool, required=False),
+                                 now=now, caller=caller)
         if command == "unregister":
-            return self.unregister(target, dispatcher, now=now)
+            return self.unregister(target, dispatcher, instance=instance, now=now, caller=caller)
         if command == "heartbeat":
-            return self.heartbeat(target, dispatcher, now=now)
+            return self.heartbeat(target, dispatcher, instance=instance, now=now, caller=caller)
         raise RouterRefusal(protocol.E_COMMAND, f"the book has no command {command!r}")
 
     def register(self, service: str, dispatcher: str, host: str, *,
                  keywords: Optional[List[Any]] = None, pid: Optional[int] = None,
                  prefer: Optional[List[Any]] = None, avoid: Optional[List[Any]] = None,
-                 now: float) -> Dict[str, Any]:
+                 instance: Optional[str] = None, ready: Optional[bool] = None,
+                 now: float, caller: Caller = NOBODY) -> Dict[str, Any]:
         """Give (service, dispatcher) a pair: ``prefer`` if it is free, else the
         one it holds, else a free one.
 
-        ``avoid`` ports become blocked; a name whose pair is blocked moves.
-        Refused with ``conflict`` when a live dispatcher on another host holds
-        the name (the same host is a restart) or already owns one of the
-        keywords, and with ``range-exhausted`` when no pair can be given.
-        Nothing changes when it is refused.
+        ``ready=False`` reserves (a dispatcher about to bind): the entry is
+        not returned by look-ups until the same instance registers again
+        with ``ready`` true (the default, so one-step registration still
+        works).  When another live instance on the same host holds the name,
+        a reservation changes nothing and the answer says who holds it
+        (``held_by``): the dispatcher finds out, by binding and probing,
+        whether that is a restart or a second copy.  ``avoid`` ports become
+        blocked for a while, unless another name holds them.  Refused with
+        ``conflict`` when a live dispatcher on another host holds the name
+        or already owns one of the keywords, with ``not-allowed`` when the
+        entry was registered with another CURVE key, and with
+        ``range-exhausted`` when no pair can be given.  Nothing changes when
+        it is refused.
         """
         service = _check_name("service", service).lower()
         _check_name("dispatcher", dispatcher)
-        _check_name("host", host)
+        _check_host(host, self.protocol)
+        if instance is not None:
+            _check_name("instance", instance)
         kws = _check_keywords(keywords)
         wanted = self._preferred_pair(prefer)
-        blocked_ports = self._blocked_ports | self._ports_in_range(avoid)
-        blocked = {self.pair_of(p) for p in blocked_ports}
         entry = self.get(service, dispatcher)
-        if entry is not None and self.state(entry, now) == LIVE and entry.host != host:
+        self._check_owner(entry, caller, "register")
+        live = entry is not None and self.state(entry, now) == LIVE
+        if live and entry.host != host:
             raise RouterRefusal(protocol.E_CONFLICT, (
                 f"{entry.name} is held by a live dispatcher on host {entry.host!r}; "
                 f"refusing the registration from host {host!r}"))
         self._check_keyword_owners(service, dispatcher, kws, now)
+        other_live = live and _other_instance(entry, instance)
+        avoided = self._ports_in_range(avoid)
+        if other_live and ready is False:
+            return self._held_answer(entry, avoided)
+        blocked_ports = self._blockable(avoided, entry) | set(self.blocked_at(now))
+        blocked = {self.pair_of(p) for p in blocked_ports}
         pair, victim, how = self._choose_pair(entry, wanted, blocked, now)
         # ---- accepted: from here on the book changes
-        self._block(blocked_ports, f"{service}/{dispatcher}")
+        self._block(self._blockable(avoided, entry), f"{service}/{dispatcher}", now)
         if victim is not None:
             log.info("ports %d/%d of %s (%s, silent %.1f s) given to %s/%s",
                      victim.dispatch_port, victim.broadcast_port, victim.name,
@@ -306,19 +392,42 @@ class Book:
             self._move(entry, pair)
         if entry.host != host:
             how += f", moved from host {entry.host}"
+        if other_live:
+            how += f", taking over from pid {entry.pid} (it no longer holds the ports)"
         entry.host, entry.keywords, entry.pid = host, kws, pid
+        entry.instance, entry.ready = instance, ready is not False
+        if caller.key is not None and (entry.key is None or not caller.admin):
+            entry.key = caller.key
         entry.registered, entry.last_heartbeat, entry.reported_stale = True, now, False
+        if entry.ready:
+            self._release(entry)
         self.revision += 1
-        log.info("registered %s at %s ports %d/%d (%s, %d keywords)", entry.name, host,
+        log.info("%s %s at %s ports %d/%d (%s, %d keywords)",
+                 "registered" if entry.ready else "reserved", entry.name, host,
                  entry.dispatch_port, entry.broadcast_port, how, len(kws))
-        return {"service": service, "dispatcher": dispatcher, "host": host,
+        answer = {"service": service, "dispatcher": dispatcher, "host": host,
+                  "protocol": entry.protocol, "dispatch_port": entry.dispatch_port,
+                  "broadcast_port": entry.broadcast_port}
+        if not entry.ready:
+            answer["ready"] = False
+        return answer
+
+    def _held_answer(self, entry: Entry, avoided: Set[int]) -> Dict[str, Any]:
+        """A reservation for a name another live instance holds: change nothing, say who."""
+        if avoided & {entry.dispatch_port, entry.broadcast_port}:
+            raise RouterRefusal(protocol.E_CONFLICT, (
+                f"{entry.name} is held by live pid {entry.pid} on {entry.host}, whose ports "
+                f"{entry.dispatch_port}/{entry.broadcast_port} are bound but do not answer as "
+                f"{entry.name}; if that process is gone, 'cauldron-zmq forget {entry.name}'"))
+        return {"service": entry.service, "dispatcher": entry.dispatcher, "host": entry.host,
                 "protocol": entry.protocol, "dispatch_port": entry.dispatch_port,
-                "broadcast_port": entry.broadcast_port}
+                "broadcast_port": entry.broadcast_port, "ready": False,
+                "held_by": {"pid": entry.pid, "host": entry.host}}
 
     def lookup(self, service: str, *, now: float) -> Dict[str, Any]:
         """Every registered dispatcher of the service; never allocates."""
         service = service.lower()
-        found = [e for e in self._services.get(service, {}).values() if e.registered]
+        found = [e for e in self._services.get(service, {}).values() if e.registered and e.ready]
         if not found:
             raise RouterRefusal(protocol.E_NOT_FOUND,
                                 f"no dispatcher is registered for service {service!r}")
@@ -328,9 +437,22 @@ class Book:
                 f"{e.dispatcher}@{e.host}:{e.dispatch_port}" for e in found))
         return {"service": service, "dispatchers": [self.describe(e, now) for e in found]}
 
-    def unregister(self, service: str, dispatcher: str, *, now: float) -> Dict[str, Any]:
-        """Mark the entry down; its pair stays reserved for the name."""
+    def unregister(self, service: str, dispatcher: str, *, instance: Optional[str] = None,
+                   now: float, caller: Caller = NOBODY) -> Dict[str, Any]:
+        """Mark the entry down; its pair stays reserved for the name.
+
+        Only the instance that registered it may (an entry registered without
+        an instance, by an older dispatcher: anyone; an operator removes an
+        entry with :meth:`forget`):
+        a stopping second copy, or a stray request, must not take the name
+        from the dispatcher that serves it.
+        """
         entry = self._known(service, dispatcher)
+        self._check_owner(entry, caller, "unregister")
+        if _other_instance(entry, instance, strict=True):
+            raise RouterRefusal(protocol.E_NOT_ALLOWED, (
+                f"{entry.name} was registered by another instance (pid {entry.pid} on "
+                f"{entry.host}); only that one may unregister it"))
         if entry.registered:
             entry.registered, entry.last_heartbeat = False, now
             self.revision += 1
@@ -338,18 +460,26 @@ class Book:
                      entry.dispatch_port, entry.broadcast_port)
         return self.describe(entry, now)
 
-    def heartbeat(self, service: str, dispatcher: str, *, now: float) -> Dict[str, Any]:
+    def heartbeat(self, service: str, dispatcher: str, *, instance: Optional[str] = None,
+                  now: float, caller: Caller = NOBODY) -> Dict[str, Any]:
         """Keep a live entry live.  A stale or down one must register again.
 
         Re-registering re-runs the host and keyword checks that a dispatcher
-        silent for longer than ``expiry`` may no longer pass.  Heartbeats do
-        not change ``revision``: persisting each one would write constantly.
+        silent for longer than ``expiry`` may no longer pass.  The answer
+        holds the entry's ports: a dispatcher whose entry was moved learns
+        so here.  A heartbeat of another instance than the registered one
+        is ``conflict``.  Heartbeats do not change ``revision``: persisting
+        each one would write constantly.
         """
         entry = self.get(service, dispatcher)
         if entry is None or self.state(entry, now) != LIVE:
             why = "unknown" if entry is None else self.state(entry, now)
             raise RouterRefusal(protocol.E_NOT_FOUND, (
                 f"{service.lower()}/{dispatcher} is {why} here; register again"))
+        self._check_owner(entry, caller, "heartbeat for")
+        if _other_instance(entry, instance, strict=True):
+            raise RouterRefusal(protocol.E_CONFLICT, (
+                f"{entry.name} is now served by pid {entry.pid} on {entry.host}"))
         entry.last_heartbeat = now
         log.log(TRACE, "heartbeat from %s", entry.name)
         return self.describe(entry, now)
@@ -358,6 +488,53 @@ class Book:
         return {"entries": [self.describe(e, now) for e in self.entries()],
                 "first_port": self.first_port, "last_port": self.last_port,
                 "blocked": self.blocked}
+
+    def forget(self, service: str, dispatcher: Optional[str] = None, *, now: float,
+               caller: Caller = NOBODY) -> Dict[str, Any]:
+        """Remove entries for good (an operator's clean-up); admin only.
+
+        One dispatcher, or every dispatcher of the service; their pairs are
+        free again.  A live dispatcher that is forgotten registers again at
+        its next heartbeat.
+        """
+        self._check_admin(caller, "forget")
+        by_name = self._services.get(service.lower(), {})
+        names = [dispatcher] if dispatcher is not None else sorted(by_name)
+        gone = []
+        for name in names:
+            entry = by_name.get(name)
+            if entry is None:
+                raise RouterRefusal(protocol.E_NOT_FOUND,
+                                    f"{service.lower()}/{name} is not in the book")
+            gone.append(self.describe(entry, now))
+        if not gone:
+            raise RouterRefusal(protocol.E_NOT_FOUND, f"service {service.lower()!r} is not "
+                                                      "in the book")
+        for item in gone:
+            entry = self._services[item["service"]][item["dispatcher"]]
+            self._remove(entry)
+            heapq.heappush(self._free, entry.pair)
+            log.warning("forgot %s (ports %d/%d are free again)", entry.name,
+                        entry.dispatch_port, entry.broadcast_port)
+        self.revision += 1
+        return {"forgotten": gone}
+
+    def unblock(self, port: Optional[int] = None, *, now: float,
+                caller: Caller = NOBODY) -> Dict[str, Any]:
+        """Release one blocked port (or all of them); admin only."""
+        self._check_admin(caller, "unblock")
+        if port is not None and port not in self._blocks:
+            raise RouterRefusal(protocol.E_NOT_FOUND, f"port {port} is not blocked")
+        ports = [port] if port is not None else self.blocked
+        for p in ports:
+            del self._blocks[p]
+            pair = self.pair_of(p)
+            if pair is not None:
+                heapq.heappush(self._free, pair)
+        if ports:
+            self.revision += 1
+            log.warning("unblocked port(s) %s", ", ".join(map(str, ports)))
+        return {"unblocked": ports}
 
     def expire(self, now: float) -> List[Dict[str, Any]]:
         """The entries that went stale since the last call (each reported once)."""
@@ -377,6 +554,27 @@ class Book:
             raise RouterRefusal(protocol.E_NOT_FOUND,
                                 f"{service.lower()}/{dispatcher} is not registered")
         return entry
+
+    @staticmethod
+    def _check_owner(entry: Optional[Entry], caller: Caller, what: str) -> None:
+        """With CURVE: only the key an entry was registered with, or an admin key.
+
+        Without security (``caller.key`` None) there is no key to compare:
+        keys saved while it was on do not lock anyone out once it is off.
+        """
+        if entry is None or entry.key is None or caller.key is None or caller.admin or \
+                caller.key == entry.key:
+            return
+        raise RouterRefusal(protocol.E_NOT_ALLOWED, (
+            f"{what} {entry.name} refused: it was registered with another key; only that "
+            "key or an admin key of [zmq-security] may change it"))
+
+    @staticmethod
+    def _check_admin(caller: Caller, what: str) -> None:
+        if not caller.admin:
+            raise RouterRefusal(protocol.E_NOT_ALLOWED, (
+                f"{what} refused: only an admin key of [zmq-security] may, or without "
+                "security a client on the router's own host"))
 
     def _check_keyword_owners(self, service: str, dispatcher: str,
                               keywords: Tuple[str, ...], now: float) -> None:
@@ -413,6 +611,11 @@ class Book:
                                 "payload field 'avoid' must be a list of port numbers")
         return {p for p in avoid if self.pair_of(p) is not None}
 
+    def _blockable(self, ports: Set[int], entry: Optional[Entry]) -> Set[int]:
+        """The avoided ports that may be blocked: not those of a pair another name holds
+        (its dispatcher binds them; nobody else could, and nobody else may move it)."""
+        return {p for p in ports if self._owners.get(self.pair_of(p), entry) is entry}
+
     def _choose_pair(self, entry: Optional[Entry], wanted: Optional[int], blocked: Set[Any],
                      now: float) -> Tuple[int, Optional[Entry], str]:
         """(pair, entry to evict for it or None, how) -- decides, changes nothing."""
@@ -437,13 +640,12 @@ class Book:
     def _first_free(self, blocked: Set[Any]) -> Optional[int]:
         """The lowest pair nobody holds and nobody blocked; the heap is cleaned lazily."""
         heap, kept, found = self._free, [], None
-        for_good = self._blocked_pairs()
         while heap:
             pair = heap[0]
-            if pair in self._owners or pair in for_good:
-                heapq.heappop(heap)              # stale candidate: owned or blocked for good
+            if pair in self._owners:
+                heapq.heappop(heap)              # stale candidate: owned since
             elif pair in blocked:
-                kept.append(heapq.heappop(heap))  # blocked by this request only, so far
+                kept.append(heapq.heappop(heap))  # blocked for now: tried again later
             else:
                 found = pair
                 break
@@ -451,20 +653,25 @@ class Book:
             heapq.heappush(heap, pair)
         return found
 
-    def _blocked_pairs(self) -> Set[Optional[int]]:
-        return {self.pair_of(p) for p in self._blocked_ports}
+    def _block(self, ports: Set[int], name: str, now: float) -> None:
+        for port in sorted(ports):
+            old = self._blocks.get(port)
+            count = old.count + 1 if old is not None else 1
+            delay = self.block_retry.delay(count - 1)
+            self._blocks[port] = Block(now + delay, count)
+            log.warning("port %d blocked (%s could not bind it): its pair is skipped for "
+                        "%.0f s, then tried again", port, name, delay)
 
-    def _block(self, ports: Set[int], name: str) -> None:
-        new = ports - self._blocked_ports
-        if new:
-            self._blocked_ports |= new
-            log.warning("ports %s blocked (%s could not bind them): their pairs are "
-                        "never handed out again", ", ".join(map(str, sorted(new))), name)
+    def _release(self, entry: Entry) -> None:
+        """The entry's dispatcher binds its pair: whatever blocked those ports is gone."""
+        for port in (entry.dispatch_port, entry.broadcast_port):
+            if self._blocks.pop(port, None) is not None:
+                log.info("port %d is bindable again (%s binds it); released", port, entry.name)
 
     def _move(self, entry: Entry, pair: int) -> None:
         old = entry.pair
         del self._owners[old]
-        heapq.heappush(self._free, old)          # dropped lazily if blocked
+        heapq.heappush(self._free, old)
         entry.pair = pair
         entry.dispatch_port, entry.broadcast_port = self.ports(pair)
         self._owners[pair] = entry
@@ -493,20 +700,22 @@ class Book:
                  "protocol": e.protocol, "dispatch_port": e.dispatch_port,
                  "broadcast_port": e.broadcast_port, "registered": e.registered,
                  "last_heartbeat": e.last_heartbeat, "keywords": list(e.keywords),
-                 "pid": e.pid}
+                 "pid": e.pid, "instance": e.instance, "key": e.key, "ready": e.ready}
                 for e in self.entries()],
         }
 
     @classmethod
     def from_data(cls, data: Any, *, first_port: int, last_port: int, expiry: float,
-                  protocol: str = "tcp", now: float) -> "Book":
+                  protocol: str = "tcp", now: float,
+                  block_retry: Schedule = BLOCK_RETRY) -> "Book":
         """Rebuild a book saved by :meth:`to_data`; raises ValueError when corrupt.
 
         Registered entries get a fresh grace period (``last_heartbeat = now``):
         their dispatchers had no router to heartbeat to.  Entries whose ports
         no longer fit the configured range are dropped with a warning (the
         range was changed; those dispatchers will be told to register again),
-        and so are blocked ports outside it.
+        and so are blocked ports outside it.  Blocked ports are skipped for
+        one more :data:`BLOCK_RETRY` period, then tried again.
         """
         if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
             raise ValueError("not a router state file")
@@ -517,21 +726,28 @@ class Book:
             raise ValueError("'entries' must be a list")
         if not isinstance(blocked, list) or not all(_is_port(p) for p in blocked):
             raise ValueError("'blocked' must be a list of ports")
-        book = cls(first_port, last_port, expiry, protocol)
-        book._blocked_ports = {p for p in blocked if book.pair_of(p) is not None}
+        book = cls(first_port, last_port, expiry, protocol, block_retry)
+        book._blocks = {p: Block(now + block_retry.delay(0)) for p in blocked
+                        if book.pair_of(p) is not None}
         for row in rows:
             entry = book._entry_from_row(row, now)
             if entry is not None:
                 book._add(entry)
-        unusable = set(book._owners) | book._blocked_pairs()
-        book._free = [i for i in range(book.pairs) if i not in unusable]
+        book._free = [i for i in range(book.pairs) if i not in book._owners]
         return book
 
     def _entry_from_row(self, row: Any, now: float) -> Optional[Entry]:
+        service, dispatcher = _typed(row, "service", str), _typed(row, "dispatcher", str)
+        host = _typed(row, "host", str)
+        try:        # an older release accepted any name and host: drop those, keep the rest
+            service = _check_name("service", service).lower()
+            _check_name("dispatcher", dispatcher)
+            _check_host(host, self.protocol)
+        except RouterRefusal as exc:
+            log.warning("state file: dropping the entry %.80r/%.80r: %s", service, dispatcher,
+                        exc.message)
+            return None
         try:
-            service = _check_name("service", _typed(row, "service", str)).lower()
-            dispatcher = _check_name("dispatcher", _typed(row, "dispatcher", str))
-            host = _check_name("host", _typed(row, "host", str))
             proto = _typed(row, "protocol", str)
             dport, bport = _typed(row, "dispatch_port", int), _typed(row, "broadcast_port", int)
             registered = _typed(row, "registered", bool)
@@ -542,6 +758,10 @@ class Book:
             raise ValueError(f"bad entry: {exc.message}") from None
         if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
             raise ValueError("bad entry: 'pid' must be an integer or null")
+        instance, key, ready = row.get("instance"), row.get("key"), row.get("ready", True)
+        if not all(v is None or isinstance(v, str) for v in (instance, key)) or \
+                not isinstance(ready, bool):
+            raise ValueError("bad entry: 'instance', 'key' or 'ready' of the wrong type")
         pair = self.pair_of(dport)
         if pair is None or self.ports(pair) != (dport, bport):
             log.warning("state file: dropping %s/%s, ports %d/%d are not a pair of %s",
@@ -550,8 +770,20 @@ class Book:
         if pair in self._owners or dispatcher in self._services.get(service, {}):
             raise ValueError(f"ports {dport}/{bport} or {service}/{dispatcher} appear twice")
         return Entry(service, dispatcher, host, proto, pair, dport, bport,
-                     now if registered else last, registered, keywords, pid)
+                     now if registered else last, registered, keywords, pid,
+                     instance=instance, key=key, ready=ready)
 
+
+def _other_instance(entry: Optional[Entry], instance: Optional[str],
+                    strict: bool = False) -> bool:
+    """Whether a request comes from another process than the one that registered
+    ``entry``.  An entry registered without an instance (an older dispatcher)
+    is anybody's; a request without one is "other" only when ``strict``."""
+    if entry is None or entry.instance is None:
+        return False
+    if instance is None:
+        return strict
+    return entry.instance != instance
 
 def _is_port(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
@@ -583,8 +815,8 @@ def read_state(path: str) -> Optional[Any]:
     try:
         with open(path, "rb") as stream:
             raw = stream.read()
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None             # nothing saved yet (saving will say what is wrong)
     return protocol.loads(raw)
 
 
@@ -652,6 +884,7 @@ class Router:
         self._proc_lines: Deque[str] = collections.deque(maxlen=20)
         self._tmpdir: Optional[tempfile.TemporaryDirectory] = None
         self._saved_revision = -1
+        self._save_retry = Retry(f"saving the router's book to {self.config.router.state_file}")
         self._started = 0.0
         #: The endpoint actually bound (ZMQ_LAST_ENDPOINT), while serving in-process.
         self.endpoint: Optional[str] = None
@@ -745,6 +978,7 @@ class Router:
         auth: Any = None
         linger = 0
         try:
+            raise_file_limit()
             self._security = server_security(self.config, "router")
             if self._security is not None:
                 auth = self._security.start_authenticator(context)
@@ -921,6 +1155,8 @@ class Router:
             if now >= next_check:
                 self.book.expire(now)
                 next_check = now + EXPIRY_CHECK_S
+            if self._save_retry.failing:
+                self._save()            # due on the back-off schedule, not per request
         return False
 
     def _drain(self, sock: zmq.Socket) -> bool:
@@ -972,7 +1208,14 @@ class Router:
                                           REFUSAL_TYPE), False
                 log.log(NOTICE, "shutdown requested")
                 return protocol.ok(req.id, {}), True
-            result = self.book.handle(req.command, req.target, req.payload, now=now)
+            caller = self._caller()
+            if req.command in ADMIN_COMMANDS and not caller.admin:
+                refusal = self._admin_refusal(req.command) or f"{req.command} refused"
+                log.warning("%s", refusal)
+                return protocol.error(req.id, protocol.E_NOT_ALLOWED, refusal,
+                                      REFUSAL_TYPE), False
+            result = self.book.handle(req.command, req.target, req.payload, now=now,
+                                      caller=caller)
             self._save()
             return protocol.ok(req.id, result), False
         except RouterRefusal as exc:
@@ -985,22 +1228,34 @@ class Router:
                                   f"{type(exc).__name__}: {exc}", type(exc).__name__), False
 
     def _shutdown_refusal(self) -> Optional[str]:
-        """Why the sender of this ``shutdown`` may not stop the router; None if it may.
+        return self._admin_refusal("shutdown")
+
+    def _admin_refusal(self, what: str) -> Optional[str]:
+        """Why the sender of this request may not do an admin's ``what`` (shutdown,
+        forget, unblock); None if it may.
 
         With security: only the keys of ``[zmq-security] admins``.  Without:
         only peers on this host (loopback, or ipc whose file permissions
         already say who may connect).
         """
         if self._security is not None:
-            return self._security.admin_refusal(frame_property(self._peer, "User-Id") or None)
+            return self._security.admin_refusal(frame_property(self._peer, "User-Id") or None,
+                                                what)
         if self.config.router.protocol == "ipc":
             return None
         peer = frame_property(self._peer, "Peer-Address")
         if loopback(peer):
             return None
-        return ("shutdown refused: without [zmq-security] the router accepts shutdown only "
+        return (f"{what} refused: without [zmq-security] the router accepts {what} only "
                 "from its own host (loopback); this request came from "
                 f"{peer or 'an unknown address'}")
+
+    def _caller(self) -> Caller:
+        """Who sent the request being answered: its CURVE key, and whether it is an admin."""
+        key = None
+        if self._security is not None:
+            key = frame_property(self._peer, "User-Id") or None
+        return Caller(key=key, admin=self._admin_refusal("admin") is None)
 
     def _send(self, sock: zmq.Socket, frames: List[bytes]) -> None:
         try:
@@ -1031,16 +1286,30 @@ class Router:
 
     def _save(self, final: bool = False) -> None:
         """Write the state file when the book changed (always on the way out,
-        to keep the heartbeat times that are otherwise saved lazily)."""
+        to keep the heartbeat times that are otherwise saved lazily).
+
+        After a failure, requests no longer try: :meth:`_loop` retries on the
+        :attr:`_save_retry` schedule, and the log gets one line per interval.
+        """
         path = self.config.router.state_file
         book = self.book
         if not path or book is None or (book.revision == self._saved_revision and not final):
             return
+        now = time.monotonic()
+        if not final and not self._save_retry.due(now):
+            return
         try:
             save_state(path, book.to_data(time.time()))
         except OSError as exc:
-            log.error("cannot save the router's book to %s: %s", path, exc)
+            line = self._save_retry.failed(now, str(exc))
+            if line:
+                log.error("%s", line)
+            elif final:
+                log.error("cannot save the router's book to %s before stopping: %s", path, exc)
             return
+        line = self._save_retry.succeeded(now)
+        if line:
+            log.warning("%s", line)
         self._saved_revision = book.revision
 
 
@@ -1203,10 +1472,12 @@ class RouterClient:
     def register(self, service: str, dispatcher: str, host: str,
                  keywords: Optional[List[str]] = None, pid: Optional[int] = None,
                  prefer: Optional[Tuple[int, int]] = None, avoid: Optional[List[int]] = None,
-                 timeout: Optional[int] = None) -> Dict[str, Any]:
+                 timeout: Optional[int] = None, instance: Optional[str] = None,
+                 ready: Optional[bool] = None) -> Dict[str, Any]:
         """The (dispatch, broadcast) pair to bind: see ``register`` in docs/protocol.rst."""
         payload: Dict[str, Any] = {"dispatcher": dispatcher, "host": host}
-        optional = {"keywords": keywords, "pid": pid, "prefer": prefer, "avoid": avoid}
+        optional = {"keywords": keywords, "pid": pid, "prefer": prefer, "avoid": avoid,
+                    "instance": instance, "ready": ready}
         for key, value in optional.items():
             if value is not None:
                 payload[key] = list(value) if isinstance(value, (list, tuple)) else value
@@ -1215,13 +1486,24 @@ class RouterClient:
     def lookup(self, service: str, timeout: Optional[int] = None) -> Dict[str, Any]:
         return self.request("lookup", service, {}, timeout)
 
-    def unregister(self, service: str, dispatcher: str,
-                   timeout: Optional[int] = None) -> Dict[str, Any]:
-        return self.request("unregister", service, {"dispatcher": dispatcher}, timeout)
+    def unregister(self, service: str, dispatcher: str, timeout: Optional[int] = None,
+                   instance: Optional[str] = None) -> Dict[str, Any]:
+        return self.request("unregister", service, _named(dispatcher, instance), timeout)
 
-    def heartbeat(self, service: str, dispatcher: str,
-                  timeout: Optional[int] = None) -> Dict[str, Any]:
-        return self.request("heartbeat", service, {"dispatcher": dispatcher}, timeout)
+    def heartbeat(self, service: str, dispatcher: str, timeout: Optional[int] = None,
+                  instance: Optional[str] = None) -> Dict[str, Any]:
+        return self.request("heartbeat", service, _named(dispatcher, instance), timeout)
+
+    def forget(self, service: str, dispatcher: Optional[str] = None,
+               timeout: Optional[int] = None) -> Dict[str, Any]:
+        """Remove a service's entries (or one dispatcher's) from the book; admin only."""
+        payload = {} if dispatcher is None else {"dispatcher": dispatcher}
+        return self.request("forget", service, payload, timeout)
+
+    def unblock(self, port: Optional[int] = None,
+                timeout: Optional[int] = None) -> Dict[str, Any]:
+        """Release a blocked port (every one without ``port``); admin only."""
+        return self.request("unblock", "", {} if port is None else {"port": port}, timeout)
 
     def list(self, timeout: Optional[int] = None) -> Dict[str, Any]:
         return self.request("list", "", {}, timeout)
@@ -1241,6 +1523,13 @@ class RouterClient:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _named(dispatcher: str, instance: Optional[str]) -> Dict[str, Any]:
+    payload: Dict[str, Any] = {"dispatcher": dispatcher}
+    if instance is not None:
+        payload["instance"] = instance
+    return payload
 
 
 # =============================================================================

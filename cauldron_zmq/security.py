@@ -421,14 +421,18 @@ class ServerSecurity:
         return (f"client key {self.keyring.name(key)!r} may not write {keyword} of service "
                 f"{service!r} (see [zmq-security.writers] of the dispatcher)")
 
-    def admin_refusal(self, key: Optional[str]) -> Optional[str]:
-        """Why the client with ``key`` may not shut the router down; None if it may."""
-        if key and key in self.admins:
+    def is_admin(self, key: Optional[str]) -> bool:
+        return bool(key) and key in self.admins
+
+    def admin_refusal(self, key: Optional[str], what: str = "shutdown") -> Optional[str]:
+        """Why the client with ``key`` may not do ``what`` (an admin's command:
+        shutdown, forget, unblock); None if it may."""
+        if self.is_admin(key):
             return None
         if not self.admins:
-            return (f"shutdown refused: [zmq-security] admins of the {self.role} lists no "
-                    f"key; stop it with SIGTERM on its host")
-        return (f"shutdown refused: client key {self.keyring.name(key)!r} is not listed in "
+            hint = "; stop it with SIGTERM on its host" if what == "shutdown" else ""
+            return f"{what} refused: [zmq-security] admins of the {self.role} lists no key{hint}"
+        return (f"{what} refused: client key {self.keyring.name(key)!r} is not listed in "
                 f"[zmq-security] admins of the {self.role}")
 
 

@@ -132,7 +132,8 @@ def test_register_lookup_list(book: Book) -> None:
     assert [e["dispatcher"] for e in listed["entries"]] == ["a", "b"]
     assert set(listed["entries"][0]) == {"service", "dispatcher", "host", "protocol",
                                          "dispatch_port", "broadcast_port", "state",
-                                         "last_heartbeat", "age", "keywords"}
+                                         "last_heartbeat", "age", "keywords", "pid",
+                                         "ready"}
 
 
 def test_lookup_never_allocates(book: Book) -> None:
@@ -266,7 +267,7 @@ def test_prefer_moves_a_known_name_to_a_free_pair() -> None:
     assert len(book) == 2
 
 
-def test_avoided_ports_are_blocked_for_good(book: Book) -> None:
+def test_avoided_ports_are_blocked_until_retried(book: Book) -> None:
     book.register("s", "a", "h", now=T0)                                     # 7000
     moved = book.register("s", "a", "h", avoid=[7001, 9999], now=T0)
     assert ports_of(moved) == (7002, 7003)
