@@ -39,7 +39,7 @@ from . import protocol
 from .backoff import LOOKUP, Schedule
 from .config import Config, endpoint, load_config
 from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
-                     DispatcherRestarted,
+                     DispatcherRestarted, MessageTooLarge,
                      RemoteError, RouterError, ServiceNotFound, TimeoutError, remote_exception)
 from .expression import OPERATORS, Value, compare
 from .security import (HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security, handshake_event,
@@ -1233,7 +1233,8 @@ class Keyword:
     read, a write reply or a broadcast.
     """
 
-    def __init__(self, service: "Service", name: str, description: Dict[str, Any]) -> None:
+    def __init__(self, service: "Service", name: str, description: Dict[str, Any],
+                 raw: Optional[bytes] = None) -> None:
         self.service = service
         self._name = name.upper()
         self._kt = _keyword_type(self._name, description, service.log)
@@ -1254,7 +1255,7 @@ class Keyword:
         self._watchers = 0
         self._polled = False
         if "value" in description:
-            self._ingest(description, None, REPLY)
+            self._ingest(description, raw, REPLY)    # raw: a numpy array's frame
 
     # ------------------------------------------------------------ identity
     @property
@@ -1297,7 +1298,11 @@ class Keyword:
 
     @property
     def ascii(self) -> Optional[str]:
-        return self._view().ascii
+        """The ascii value; an array's is formatted here, when asked (it does not travel)."""
+        state = self._view()
+        if state.ascii is None and state.value is not None:
+            return self._ascii_of(state.value)
+        return state.ascii
 
     @property
     def timestamp(self) -> Optional[float]:
@@ -1419,12 +1424,22 @@ class Keyword:
         return self.service.timeout if timeout is None else float(timeout)
 
     def _encode(self, value: Any) -> Tuple[Any, Optional[bytes]]:
-        """Text goes as ascii (the dispatcher parses it); anything else as wire JSON."""
+        """Text goes as ascii (the dispatcher parses it); anything else as wire JSON.
+
+        A request over ``[zmq] max-message-size`` is refused here
+        (MessageTooLarge): ZeroMQ would drop the connection it travels on
+        and the write would only time out.
+        """
         if value is None:
             raise ConversionError(f"{self.full_name}: cannot write None")
-        if isinstance(value, str):
-            return value, None
-        wire, raw = self._kt.to_wire(value)
+        wire, raw = (value, None) if isinstance(value, str) else self._kt.to_wire(value)
+        limit = self.service._engine_or_raise().max_size
+        size = protocol.oversize(wire, raw, limit)
+        if size is not None:
+            raise MessageTooLarge(
+                f"{self.full_name}: the write of {size} bytes or more exceeds the message size "
+                f"limit of {limit} bytes ([zmq] max-message-size); nothing was sent",
+                size=size, limit=limit)
         return wire, (bytes(raw) if raw is not None else None)
 
     def _decode(self, wire: Any, raw: Optional[bytes]) -> Any:
@@ -1433,18 +1448,29 @@ class Keyword:
         try:
             return self._kt.from_wire(wire, raw, check=False)
         except (ConversionError, ValueError, TypeError) as exc:
-            self.service.log.warning("%s: cannot convert %r: %s", self.full_name, wire, exc)
-            return wire
+            self.service.log.warning("%s: cannot convert %s: %s", self.full_name, _short(wire), exc)
+            return None if isinstance(wire, dict) else wire   # never an array's frame header
+
+    def _ascii_of(self, native: Any) -> str:
+        """The ascii form of a value that came without one (strings, arrays)."""
+        if isinstance(native, str):
+            return native
+        try:
+            return self._kt.to_ascii(native)
+        except (ConversionError, ValueError, TypeError):
+            return str(native)
 
     def _result(self, payload: Any, raw: Optional[bytes], binary: bool, both: bool) -> Any:
         if not isinstance(payload, dict):
             raise CauldronError(f"{self.full_name}: the dispatcher answered {payload!r}, "
                                 "not a value")
         native = self._decode(payload.get("value"), raw)
+        if binary and not both:
+            return native
         text = payload.get("ascii")
-        if both:
-            return native, text
-        return native if binary else text
+        if text is None and native is not None:
+            text = self._ascii_of(native)
+        return (native, text) if both else text
 
     # ---------------------------------------------------------- monitoring
     def monitor(self, start: bool = True, prime: bool = True, wait: bool = True) -> Optional[Task]:
@@ -1608,8 +1634,9 @@ class Keyword:
             return None
         native = self._decode(payload.get("value"), raw)
         text = payload.get("ascii")
-        if text is None and native is not None:
-            text = str(native)
+        if text is None and isinstance(native, str):
+            text = native                # a string's ascii is itself; an array's is made
+                                         # when asked (the ascii property), not per update
         stamp = payload.get("time")
         stamp = float(stamp) if isinstance(stamp, (int, float)) else None
         seq = payload.get("seq") if isinstance(payload.get("seq"), int) else None
@@ -1839,16 +1866,17 @@ class Service:
             return kw
         if not self.has_keyword(upper):
             raise UnknownKeyword(unknown_keyword_message(self.name, upper, self.keywords()))
-        desc = self._engine_or_raise().submit(
-            "describe", upper, description=f"{self.name}.{upper}: describe").get()
-        return self._adopt(upper, desc if isinstance(desc, dict) else {})
+        desc, raw = self._engine_or_raise().submit(
+            "describe", upper, on_reply=lambda r: (r.payload, r.raw),
+            description=f"{self.name}.{upper}: describe").get()
+        return self._adopt(upper, desc if isinstance(desc, dict) else {}, raw)
 
-    def _adopt(self, name: str, desc: Dict[str, Any]) -> Keyword:
+    def _adopt(self, name: str, desc: Dict[str, Any], raw: Optional[bytes] = None) -> Keyword:
         with self._lock:
             kw = self._keywords.get(name)
             if kw is not None:
                 return kw
-            kw = Keyword(self, name, desc)
+            kw = Keyword(self, name, desc, raw)
             self._keywords[name] = kw
         engine = self._engine_or_raise()
         engine.call(lambda: engine.io_register(kw))
