@@ -1434,7 +1434,7 @@ class Keyword:
             raise ConversionError(f"{self.full_name}: cannot write None")
         wire, raw = (value, None) if isinstance(value, str) else self._kt.to_wire(value)
         limit = self.service._engine_or_raise().max_size
-        size = protocol.oversize(wire, raw, limit)
+        size = protocol.oversize(wire, raw, limit, protocol.request_overhead("write", self._name))
         if size is not None:
             raise MessageTooLarge(
                 f"{self.full_name}: the write of {size} bytes or more exceeds the message size "

@@ -916,12 +916,28 @@ class _IOThread:
         be sent would make the keyword unreadable.
         """
         wire, raw = kw.type.to_wire(value)
-        size = protocol.oversize(wire, raw, self._max_size)
+        size = protocol.oversize(wire, raw, self._max_size, self._overhead(kw, value))
         if size is not None:
             raise _Refusal(protocol.E_TOO_LARGE, ValueError(
                 f"{kw.full_name}: a value of {size} bytes or more would not fit the message "
                 f"size limit of {self._max_size} bytes ([zmq] max-message-size) in its "
                 f"replies and broadcasts; refused, nothing was applied"))
+
+    def _overhead(self, kw: Keyword, value: Any) -> int:
+        """The most a reply or broadcast of ``value`` adds around its wire value.
+
+        The VALUE's own fields (so it follows value_payload), those of a write
+        reply and a broadcast, numbers at their widest, the longer of the
+        topic and a reply's id and status.  Called on worker threads too.
+        """
+        payload = kw.value_payload(Snapshot(None, "", 0, None, -1.2345678901234567e+300,
+                                            2 ** 63))
+        if "ascii" in payload:          # small types: their ascii is short, and counted
+            payload["ascii"] = kw.type.to_ascii(value)
+        payload.update({"changed": False, "gseq": 2 ** 63, "dispatcher": self.svc.dispatcher})
+        topic = protocol.topic(self.svc.name, kw.name)
+        return protocol.payload_overhead(payload, protocol.VERSION,
+                                         b"x" * max(len(topic), 4 * protocol.MAX_ID_LENGTH + 2))
 
     def _defer(self, req: protocol.Request, envelope: List[bytes], kw: Keyword,
                work: Callable[[], List[Any]]) -> None:

@@ -70,9 +70,11 @@ ERROR_CODES = frozenset({
     E_SHUTTING_DOWN, E_INTERNAL, E_BUSY,
 })
 
-#: Bytes a reply or broadcast adds around a keyword's value (frames, keyword
-#: name, time, seq, gseq, dispatcher name...): what the size checks keep free.
+#: Bytes a message may add around a value when nothing better is known (the
+#: dispatcher and client compute theirs: see request_overhead, oversize).
 ENVELOPE_ALLOWANCE = 1024
+#: Slack added to computed overheads (envelope frames of a ROUTER peer).
+_OVERHEAD_SLACK = 64
 
 Frames = Sequence[Union[bytes, bytearray, memoryview, Any]]
 
@@ -274,25 +276,38 @@ def frames_size(frames: Sequence[Any]) -> int:
     return _size(frames)
 
 
-def oversize(wire: Any, raw: Any, limit: int) -> Optional[int]:
+def request_overhead(command: str, target: str, field: str = "value") -> int:
+    """What a request adds around ``{field: VALUE}``'s value: every other byte, at most."""
+    return (len(VERSION) + 4 * MAX_ID_LENGTH + len(command.encode("utf-8"))
+            + len(target.encode("utf-8")) + len(dumps({field: 0})) - 1 + _OVERHEAD_SLACK)
+
+
+def payload_overhead(payload: Any, *frames: bytes) -> int:
+    """What a message adds around a value: ``payload`` holds the value as ``0``
+    (and its other fields at their widest), ``frames`` are its other frames."""
+    return len(dumps(payload)) - 1 + sum(len(f) for f in frames) + _OVERHEAD_SLACK
+
+
+def oversize(wire: Any, raw: Any, limit: int,
+             overhead: int = ENVELOPE_ALLOWANCE) -> Optional[int]:
     """None if a message carrying ``wire`` (as JSON) and ``raw`` fits ``limit``; else its size.
 
-    A request, reply or broadcast adds up to :data:`ENVELOPE_ALLOWANCE`
-    bytes around the value, which the check keeps free.  Cheap bounds decide
+    ``overhead`` is what the message adds around the value (frames, names,
+    time, seq...), which the check keeps free.  Cheap bounds decide
     first (a 17 MiB string or a ten-million-element list is refused without
     being encoded; a short value passes without it); only values near the
     limit are encoded to know.  The size returned is exact, or a lower bound
     when the value was refused on its bound.
     """
     raw_n = 0 if raw is None else _size([raw])
-    budget = limit - ENVELOPE_ALLOWANCE - raw_n
+    budget = limit - overhead - raw_n
     low = _json_low(wire)
     if low > budget:
-        return raw_n + low + ENVELOPE_ALLOWANCE
+        return raw_n + low + overhead
     if _json_high(wire) <= budget:
         return None
     exact = len(dumps(wire))
-    return None if exact <= budget else raw_n + exact + ENVELOPE_ALLOWANCE
+    return None if exact <= budget else raw_n + exact + overhead
 
 
 _NUMBER_JSON = 25          # the longest JSON number: -1.2345678901234567e-308 and a comma

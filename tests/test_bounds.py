@@ -203,9 +203,14 @@ def test_set_waits_on_a_condition_while_the_broadcast_queue_is_full(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A producer faster than the I/O thread blocks (no 1 ms polling) and resumes."""
     monkeypatch.setattr(dispatcher, "MAX_QUEUED", 50)
-    sleeps: List[float] = []
+    sleeps: List[float] = []                  # time.sleep() calls made by set()'s caller
     real_sleep = time.sleep
-    monkeypatch.setattr(dispatcher.time, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+
+    def recorded_sleep(seconds: float) -> None:
+        if threading.current_thread().name == "producer":
+            sleeps.append(seconds)
+        real_sleep(seconds)
+    monkeypatch.setattr(time, "sleep", recorded_sleep)
     gate = threading.Event()
     real_flush = dispatcher._IOThread._flush
 
@@ -223,7 +228,7 @@ def test_set_waits_on_a_condition_while_the_broadcast_queue_is_full(
             for i in range(1, 501):
                 count.set(i)
             finished.set()
-        producer = threading.Thread(target=produce, daemon=True)
+        producer = threading.Thread(target=produce, daemon=True, name="producer")
         producer.start()
         wait_until(lambda: svc._io._room_waiters == 1, 10, message="set() waiting for room")
         assert not finished.is_set()
@@ -232,4 +237,4 @@ def test_set_waits_on_a_condition_while_the_broadcast_queue_is_full(
         assert finished.wait(20)
         producer.join(5)
         assert count.value == 500
-    assert [s for s in sleeps if s <= 0.01] == []   # the old loop slept 1 ms at a time
+    assert sleeps == []                        # the old loop slept 1 ms at a time

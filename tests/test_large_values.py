@@ -113,7 +113,7 @@ def test_the_dispatcher_refuses_a_value_whose_reply_would_not_fit() -> None:
 
     with ServiceHarness(setup, "big", config={"zmq": {"max-message-size": limit}}) as harness:
         # Fits as a request (the client's own check passes), not as a reply.
-        near = "y" * (limit - 700)
+        near = "y" * (limit - 200)
         reply = _raw(harness, "write", "TEXT", {"value": near})
         assert reply.status == "error" and reply.payload["code"] == "too-large", reply.payload
         assert str(limit) in reply.payload["message"] and "big.TEXT" in reply.payload["message"]
@@ -176,7 +176,7 @@ def test_an_8_mb_double_array_under_the_default_limit() -> None:
 
 def test_a_16_mb_double_array_end_to_end() -> None:
     data = np.arange(2 * MiB, dtype=np.float64)              # 16 MiB of doubles
-    limit = data.nbytes + 64 * 1024
+    limit = data.nbytes + 1024                             # "plus 1 KiB is plenty"
     with ServiceHarness(_setup, "big", config={"zmq": {"max-message-size": limit}}) as harness:
         watcher = harness.client(timeout=30)
         got: Dict[str, Any] = {}
