@@ -916,6 +916,8 @@ class _IOThread:
         be sent would make the keyword unreadable.
         """
         wire, raw = kw.type.to_wire(value)
+        if protocol.oversize(wire, raw, self._max_size, OVERHEAD_BOUND) is None:
+            return          # the common case, decided in O(1) without encoding anything
         size = protocol.oversize(wire, raw, self._max_size, self._overhead(kw, value))
         if size is not None:
             raise _Refusal(protocol.E_TOO_LARGE, ValueError(
@@ -1107,6 +1109,9 @@ def _error(rid: str, exc: BaseException, code: str) -> List[bytes]:
     return protocol.error(rid, payload["code"], payload["message"], payload["type"])
 
 
+#: More than a reply or broadcast ever adds around a value (names of 256
+#: characters, UTF-8): below ``limit - OVERHEAD_BOUND`` a value needs no exact check.
+OVERHEAD_BOUND = 8192
 #: Elements of a numpy array value a describe of every keyword still carries (as JSON).
 DESCRIBE_ARRAY_ELEMENTS = 4096
 _VALUE_FIELDS = ("value", "ascii", "time", "seq")

@@ -191,3 +191,30 @@ def test_a_16_mb_double_array_end_to_end() -> None:
         assert np.array_equal(svc["ARR"].read(binary=True), data + 2)
         assert np.array_equal(harness.client(timeout=30)["ARR"].value, data + 2)
         assert watcher["ARR"].connected
+
+
+def test_describe_of_every_keyword_fits_the_limit() -> None:
+    limit = 256 * 1024
+
+    def setup(svc: Any) -> None:
+        _setup(svc)
+        for name in ("A", "B", "C"):
+            DFW.String(name, svc, initial=name.lower() * (limit * 2 // 5))   # 40 % each
+
+    with ServiceHarness(setup, "big", config={"zmq": {"max-message-size": limit}}) as harness:
+        harness.dispatcher["ARR"].set(np.arange(5000.0))        # above 4096 elements
+        reply = _raw(harness, "describe", "")
+        assert reply.status == "ok" and protocol.frames_size(
+            protocol.encode_reply(reply)) <= limit
+        descs = reply.payload["keywords"]
+        assert set(descs) == {"TEXT", "ARR", "N", "A", "B", "C"}
+        with_value = [name for name in "ABC" if "value" in descs[name]]
+        assert len(with_value) == 2                     # one left out, the rest kept
+        assert all(descs[name]["type"] == "string" for name in "ABC")
+        assert "value" not in descs["ARR"] and descs["N"]["value"] == 0
+        svc = harness.client(populate=True)
+        missing = ({"A", "B", "C"} - set(with_value)).pop()
+        assert svc[missing].value is None and svc[missing].read() == missing.lower() * (
+            limit * 2 // 5)
+        assert svc["ARR"].value is None
+        assert np.array_equal(svc["ARR"].read(binary=True), np.arange(5000.0))
