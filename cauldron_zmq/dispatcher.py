@@ -968,8 +968,8 @@ class _IOThread:
         except QueueFull as full:
             self._send(envelope + protocol.error(req.id, protocol.E_BUSY, (
                 f"{kw.full_name} is busy: {full.waiting} request(s) already wait for its "
-                f"hooks (at most {limit}, [zmq] max-queued-writes); nothing was applied, "
-                f"try again once it is done"), "KeywordBusy"))
+                f"hooks (at most {limit}, [zmq] max-queued-writes); this {req.command} was "
+                f"refused and nothing was applied, try again once it is done"), "KeywordBusy"))
             return
         except RuntimeError:
             self._send(envelope + _shutting_down(req.id, svc))
@@ -1168,7 +1168,7 @@ def _write(rid: str, kw: Keyword, value: Any,
     except NoWriteNecessary:
         return value_reply(rid, kw, {"changed": False})
     except (ValueError, TypeError) as exc:
-        kw.log.debug("%s: write of %r refused: %s", kw.full_name, value, exc)
+        kw.log.debug("%s: write refused: %s", kw.full_name, exc)
         return _error(rid, exc, protocol.E_INVALID)
     except Exception as exc:  # noqa: BLE001
         _log_hook_error(hook_errors, kw, exc)
