@@ -1432,9 +1432,14 @@ class Keyword:
         """
         if value is None:
             raise ConversionError(f"{self.full_name}: cannot write None")
-        wire, raw = (value, None) if isinstance(value, str) else self._kt.to_wire(value)
         limit = self.service._engine_or_raise().max_size
-        size = protocol.oversize(wire, raw, limit, protocol.request_overhead("write", self._name))
+        overhead = protocol.request_overhead("write", self._name)
+        size = None
+        if isinstance(value, (list, tuple)) and 2 * len(value) + 1 + overhead > limit:
+            size = 2 * len(value) + 1 + overhead     # a byte and a comma each, at least:
+        if size is None:                             # refused before converting 10**7 items
+            wire, raw = (value, None) if isinstance(value, str) else self._kt.to_wire(value)
+            size = protocol.oversize(wire, raw, limit, overhead)
         if size is not None:
             raise MessageTooLarge(
                 f"{self.full_name}: the write of {size} bytes or more exceeds the message size "

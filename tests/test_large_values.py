@@ -76,6 +76,10 @@ def test_too_large_requests_are_refused_before_they_are_sent() -> None:
         with pytest.raises(MessageTooLarge) as info:
             arr.write(np.zeros(10_000_000))
         assert info.value.size >= 80_000_000 and "big.ARR" in str(info.value)
+        t0 = time.monotonic()
+        with pytest.raises(MessageTooLarge):
+            arr.write([0.5] * 10_000_000)            # a list: refused before converting it
+        assert time.monotonic() - t0 < svc.timeout
         # nothing was sent, nothing broke: the keywords answer at once
         assert text.write("small") == "small"
         assert arr.read(binary=True) == [0.0]
