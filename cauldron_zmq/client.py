@@ -1254,8 +1254,8 @@ class Keyword:
         self._monitored = False
         self._watchers = 0
         self._polled = False
-        if "value" in description:
-            self._ingest(description, raw, REPLY)    # raw: a numpy array's frame
+        if "value" in description:                 # raw: a numpy array's frame
+            self._ingest(*_described_value(self._kt, description, raw), REPLY)
 
     # ------------------------------------------------------------ identity
     @property
@@ -1725,6 +1725,34 @@ class Keyword:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:30] + "..." + text[-6:]
+
+
+def _described_value(kt: KeywordType, description: Dict[str, Any],
+                     raw: Optional[bytes]) -> Tuple[Dict[str, Any], Optional[bytes]]:
+    """A DESCRIPTION's value as a read would bring it.
+
+    A describe of every keyword has no room for raw frames: it gives a numpy
+    array as a JSON list with its ``dtype``, made an array again here (when
+    numpy is installed), so its type does not depend on how it was described.
+    """
+    dtype, value = description.get("dtype"), description.get("value")
+    if raw is not None or not kt.is_array or not isinstance(dtype, str) \
+            or not isinstance(value, list):
+        return description, raw
+    np = _numpy()
+    if np is None:
+        return description, raw
+    try:
+        native = np.array(kt.from_wire(value, check=False), dtype=dtype)
+        header, frame = kt.to_wire(kt.from_wire(native, check=False))
+    except (ConversionError, ValueError, TypeError):
+        return description, raw
+    return dict(description, value=header), bytes(frame)
+
+
+def _numpy() -> Any:
+    from .types import _numpy_import
+    return _numpy_import()
 
 
 def _keyword_type(name: str, description: Dict[str, Any], logger: logging.Logger) -> KeywordType:

@@ -1125,6 +1125,7 @@ def _description(kw: Keyword) -> Dict[str, Any]:
     if snap.raw is not None:
         if getattr(snap.value, "size", DESCRIBE_ARRAY_ELEMENTS + 1) <= DESCRIBE_ARRAY_ELEMENTS:
             desc["value"] = _persistable(kw, snap)
+            desc["dtype"] = snap.wire.get("dtype")   # so a client makes it an array again
         else:
             desc = _without_value(desc)
     return desc
