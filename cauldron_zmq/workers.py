@@ -323,7 +323,8 @@ class RepeatLog:
     A hook that fails on every write (a typo, hardware unplugged) must show
     up in the dispatcher's log, with the traceback that says where, but a
     client retrying it in a loop must not fill the disk: the same failure
-    (key, exception type and message) is logged in full at most once per
+    (key, exception type and the line that raised it, whatever the message,
+    which often names the value) is logged in full at most once per
     ``period`` seconds, and the next line logged for it says how many
     repeats were not.  At most ``size`` distinct failures are remembered.
     Sans I/O apart from the logger: ``now`` is given.
@@ -340,7 +341,7 @@ class RepeatLog:
               now: Optional[float] = None) -> bool:
         """Log ``message % args`` with ``exc``'s traceback unless it repeats; True if logged."""
         now = time.monotonic() if now is None else now
-        ident = (key, type(exc).__name__, str(exc)[:200])
+        ident = (key, type(exc).__name__, _raised_at(exc))
         with self._lock:
             entry = self._seen.get(ident)
             if entry is not None and now - entry[0] < self.period:
@@ -354,6 +355,16 @@ class RepeatLog:
             message += f" ({repeats} repeat(s) since it was last logged were not logged)"
         self.log.error(message, *args, exc_info=(type(exc), exc, exc.__traceback__))
         return True
+
+
+def _raised_at(exc: BaseException) -> Tuple[str, int]:
+    """(file, line) of the innermost frame of ``exc``'s traceback."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ("", 0)
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
 
 
 def _next_time(previous: float, period: float, now: float) -> float:

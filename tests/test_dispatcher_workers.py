@@ -132,8 +132,15 @@ def test_repeat_log_logs_once_with_traceback_then_counts(caplog: pytest.LogCaptu
             assert not repeats.error("K", error, "hook of %s failed", "K", now=float(t))
         assert repeats.error("OTHER", error, "hook of %s failed", "OTHER", now=6.0)
         assert repeats.error("K", error, "hook of %s failed", "K", now=61.0)
+        def fail(n: int) -> BaseException:
+            try:
+                raise ValueError(f"cannot move to {n}")    # the message changes, the line not
+            except ValueError as exc:
+                return exc
+        assert repeats.error("MOVE", fail(1), "move failed", now=62.0)
+        assert not repeats.error("MOVE", fail(2), "move failed", now=63.0)
     records = [r for r in caplog.records if r.name == log.name]
-    assert len(records) == 3
+    assert len(records) == 4
     assert records[0].exc_info is not None and records[0].exc_info[1] is error
     assert "Traceback" in caplog.text and "motor" in caplog.text
     assert "5 repeat(s)" in records[2].getMessage()
