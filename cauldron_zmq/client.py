@@ -1440,12 +1440,26 @@ class Keyword:
         if size is None:                             # refused before converting 10**7 items
             wire, raw = (value, None) if isinstance(value, str) else self._kt.to_wire(value)
             size = protocol.oversize(wire, raw, limit, overhead)
+            if size is not None and raw is None and isinstance(value, (list, tuple)):
+                framed = self._framed(value)         # too long as JSON: try a raw frame
+                if framed is not None and protocol.oversize(*framed, limit, overhead) is None:
+                    (wire, raw), size = framed, None
         if size is not None:
             raise MessageTooLarge(
                 f"{self.full_name}: the write of {size} bytes or more exceeds the message size "
                 f"limit of {limit} bytes ([zmq] max-message-size); nothing was sent",
                 size=size, limit=limit)
         return wire, (bytes(raw) if raw is not None else None)
+
+    def _framed(self, value: Any) -> Optional[Tuple[Any, Any]]:
+        """An array's (header, frame) wire form, with numpy; None if that cannot be."""
+        np = _numpy() if self._kt.is_array else None
+        if np is None:
+            return None
+        try:
+            return self._kt.to_wire(self._kt.from_wire(np.asarray(value), check=False))
+        except (ConversionError, ValueError, TypeError):
+            return None
 
     def _decode(self, wire: Any, raw: Optional[bytes]) -> Any:
         if wire is None:

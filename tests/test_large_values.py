@@ -177,6 +177,9 @@ def test_an_8_mb_double_array_under_the_default_limit() -> None:
         back = svc["ARR"].write(data, binary=True)
         assert np.array_equal(back, data)
         assert np.array_equal(harness.client(timeout=30)["ARR"].value, data)
+        # As a list it is 19 MB of JSON: sent as the 8 MB raw frame instead.
+        as_list = (data + 1).tolist()
+        assert np.array_equal(svc["ARR"].write(as_list, binary=True), data + 1)
 
 
 def test_a_16_mb_double_array_end_to_end() -> None:
