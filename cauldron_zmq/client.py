@@ -39,7 +39,7 @@ from . import protocol
 from .backoff import LOOKUP, Schedule
 from .config import Config, endpoint, load_config
 from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
-                     DispatcherRestarted, ProtocolError,
+                     DispatcherRestarted, MessageTooLarge, ProtocolError,
                      RemoteError, RouterError, ServiceNotFound, TimeoutError, remote_exception)
 from .expression import OPERATORS, ExpressionError, Value, compare, parse_relative
 from .names import split_entries
@@ -1241,7 +1241,8 @@ class Keyword:
     read, a write reply or a broadcast.
     """
 
-    def __init__(self, service: "Service", name: str, description: Dict[str, Any]) -> None:
+    def __init__(self, service: "Service", name: str, description: Dict[str, Any],
+                 raw: Optional[bytes] = None) -> None:
         self.service = service
         self._name = name.upper()
         self._kt = _keyword_type(self._name, description, service.log)
@@ -1262,8 +1263,8 @@ class Keyword:
         self._monitored = False
         self._watchers = 0
         self._polled = False
-        if "value" in description:
-            self._ingest(description, None, REPLY)
+        if "value" in description:                 # raw: a numpy array's frame
+            self._ingest(*_described_value(self._kt, description, raw), REPLY)
 
     # ------------------------------------------------------------ identity
     @property
@@ -1318,7 +1319,11 @@ class Keyword:
 
     @property
     def ascii(self) -> Optional[str]:
-        return self._view().ascii
+        """The ascii value; an array's is formatted here, when asked (it does not travel)."""
+        state = self._view()
+        if state.ascii is None and state.value is not None:
+            return self._ascii_of(state.value)
+        return state.ascii
 
     @property
     def timestamp(self) -> Optional[float]:
@@ -1563,13 +1568,42 @@ class Keyword:
         return self.service.timeout if timeout is None else float(timeout)
 
     def _encode(self, value: Any) -> Tuple[Any, Optional[bytes]]:
-        """Text goes as ascii (the dispatcher parses it); anything else as wire JSON."""
+        """Text goes as ascii (the dispatcher parses it); anything else as wire JSON.
+
+        A request over ``[zmq] max-message-size`` is refused here
+        (MessageTooLarge): ZeroMQ would drop the connection it travels on
+        and the write would only time out.
+        """
         if value is None:
             raise ConversionError(f"{self.full_name}: cannot write None")
-        if isinstance(value, str):
-            return value, None
-        wire, raw = self._kt.to_wire(value)
+        limit = self.service._engine_or_raise().max_size
+        overhead = protocol.request_overhead("write", self._name)
+        size = None
+        if isinstance(value, (list, tuple)) and 2 * len(value) + 1 + overhead > limit:
+            size = 2 * len(value) + 1 + overhead     # a byte and a comma each, at least:
+        if size is None:                             # refused before converting 10**7 items
+            wire, raw = (value, None) if isinstance(value, str) else self._kt.to_wire(value)
+            size = protocol.oversize(wire, raw, limit, overhead)
+            if size is not None and raw is None and isinstance(value, (list, tuple)):
+                framed = self._framed(value)         # too long as JSON: try a raw frame
+                if framed is not None and protocol.oversize(*framed, limit, overhead) is None:
+                    (wire, raw), size = framed, None
+        if size is not None:
+            raise MessageTooLarge(
+                f"{self.full_name}: the write of {size} bytes or more exceeds the message size "
+                f"limit of {limit} bytes ([zmq] max-message-size); nothing was sent",
+                size=size, limit=limit)
         return wire, (bytes(raw) if raw is not None else None)
+
+    def _framed(self, value: Any) -> Optional[Tuple[Any, Any]]:
+        """An array's (header, frame) wire form, with numpy; None if that cannot be."""
+        np = _numpy() if self._kt.is_array else None
+        if np is None:
+            return None
+        try:
+            return self._kt.to_wire(self._kt.from_wire(np.asarray(value), check=False))
+        except (ConversionError, ValueError, TypeError):
+            return None
 
     def _decode(self, wire: Any, raw: Optional[bytes]) -> Any:
         if wire is None:
@@ -1577,18 +1611,29 @@ class Keyword:
         try:
             return self._kt.from_wire(wire, raw, check=False)
         except (ConversionError, ValueError, TypeError) as exc:
-            self.service.log.warning("%s: cannot convert %r: %s", self.full_name, wire, exc)
-            return wire
+            self.service.log.warning("%s: cannot convert %s: %s", self.full_name, _short(wire), exc)
+            return None if isinstance(wire, dict) else wire   # never an array's frame header
+
+    def _ascii_of(self, native: Any) -> str:
+        """The ascii form of a value that came without one (strings, arrays)."""
+        if isinstance(native, str):
+            return native
+        try:
+            return self._kt.to_ascii(native)
+        except (ConversionError, ValueError, TypeError):
+            return str(native)
 
     def _result(self, payload: Any, raw: Optional[bytes], binary: bool, both: bool) -> Any:
         if not isinstance(payload, dict):
             raise CauldronError(f"{self.full_name}: the dispatcher answered {payload!r}, "
                                 "not a value")
         native = self._decode(payload.get("value"), raw)
+        if binary and not both:
+            return native
         text = payload.get("ascii")
-        if both:
-            return native, text
-        return native if binary else text
+        if text is None and native is not None:
+            text = self._ascii_of(native)
+        return (native, text) if both else text
 
     # ---------------------------------------------------------- monitoring
     def monitor(self, start: bool = True, prime: bool = True, wait: bool = True) -> Optional[Task]:
@@ -1772,8 +1817,9 @@ class Keyword:
             return None                 # no value (yet): stays unpopulated, no history entry
         native = self._decode(payload.get("value"), raw)
         text = payload.get("ascii")
-        if text is None and native is not None:
-            text = str(native)
+        if text is None and isinstance(native, str):
+            text = native                # a string's ascii is itself; an array's is made
+                                         # when asked (the ascii property), not per update
         stamp = payload.get("time")
         stamp = float(stamp) if isinstance(stamp, (int, float)) else None
         seq = payload.get("seq") if isinstance(payload.get("seq"), int) else None
@@ -1928,6 +1974,34 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:30] + "..." + text[-6:]
 
 
+def _described_value(kt: KeywordType, description: Dict[str, Any],
+                     raw: Optional[bytes]) -> Tuple[Dict[str, Any], Optional[bytes]]:
+    """A DESCRIPTION's value as a read would bring it.
+
+    A describe of every keyword has no room for raw frames: it gives a numpy
+    array as a JSON list with its ``dtype``, made an array again here (when
+    numpy is installed), so its type does not depend on how it was described.
+    """
+    dtype, value = description.get("dtype"), description.get("value")
+    if raw is not None or not kt.is_array or not isinstance(dtype, str) \
+            or not isinstance(value, list):
+        return description, raw
+    np = _numpy()
+    if np is None:
+        return description, raw
+    try:
+        native = np.array(kt.from_wire(value, check=False), dtype=dtype)
+        header, frame = kt.to_wire(kt.from_wire(native, check=False))
+    except (ConversionError, ValueError, TypeError):
+        return description, raw
+    return dict(description, value=header), bytes(frame)
+
+
+def _numpy() -> Any:
+    from .types import _numpy_import
+    return _numpy_import()
+
+
 def _keyword_type(name: str, description: Dict[str, Any], logger: logging.Logger) -> KeywordType:
     """The KeywordType a ``describe`` reply announces (string if it makes no sense)."""
     try:
@@ -2079,16 +2153,17 @@ class Service:
             return kw
         if not self.has_keyword(upper):
             raise UnknownKeyword(unknown_keyword_message(self.name, upper, self.keywords()))
-        desc = self._engine_or_raise().submit(
-            "describe", upper, description=f"{self.name}.{upper}: describe").get()
-        return self._adopt(upper, desc if isinstance(desc, dict) else {})
+        desc, raw = self._engine_or_raise().submit(
+            "describe", upper, on_reply=lambda r: (r.payload, r.raw),
+            description=f"{self.name}.{upper}: describe").get()
+        return self._adopt(upper, desc if isinstance(desc, dict) else {}, raw)
 
-    def _adopt(self, name: str, desc: Dict[str, Any]) -> Keyword:
+    def _adopt(self, name: str, desc: Dict[str, Any], raw: Optional[bytes] = None) -> Keyword:
         with self._lock:
             kw = self._keywords.get(name)
             if kw is not None:
                 return kw
-            kw = Keyword(self, name, desc)
+            kw = Keyword(self, name, desc, raw)
             self._keywords[name] = kw
         engine = self._engine_or_raise()
         engine.call(lambda: engine.io_register(kw))

@@ -241,6 +241,8 @@ class ZmqConfig:
         16777216, _integer(1024, None, "an integer number of bytes >= 1024"))
     persist_dir: Optional[str] = _option(None, _path)
     xml_dir: Optional[str] = _option(None, _path)
+    max_queued_writes: int = _option(
+        100, _integer(0, None, "an integer number of requests >= 0"))
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from .limits import raise_file_limit
 from .names import check_name
 from .persist import Persister, legacy_persist_path, persist_path
 from .security import frame_property, server_security
-from .workers import KeyedExecutor, Scheduler
+from .workers import KeyedExecutor, QueueFull, RepeatLog, Scheduler
 
 __all__ = ["Service", "DEFAULT_DISPATCHER", "BindError", "ServiceLog", "AlreadyServed"]
 
@@ -347,17 +347,15 @@ class Service:
         A producer calling set() faster than the I/O thread publishes (a tight
         loop easily is) would otherwise queue broadcasts without bound: some
         hundreds of MB within seconds.  While MAX_QUEUED messages wait, the
-        caller waits until half of them are gone.  Never on the I/O thread.
+        caller waits on a condition the I/O thread notifies once fewer than
+        half of them are left (never a polling loop).  Never on the I/O thread.
         """
         if self._outgoing.qsize() < MAX_QUEUED:
             return
         io = self._io
         if io is None or threading.get_ident() == io._ident:
             return
-        while (self._outgoing.qsize() > MAX_QUEUED // 2 and self._state == "running"
-               and io._thread.is_alive()):
-            io.wake()
-            time.sleep(0.001)
+        io.wait_for_room(MAX_QUEUED // 2, lambda: self._state == "running")
 
     def _changed(self, keyword: Keyword, snap: Snapshot) -> None:
         persister = self._persister
@@ -725,6 +723,10 @@ class _IOThread:
             target=self._run, daemon=True, name=f"cauldron-{service.name}-{service.dispatcher}-io")
         self._max_size = self.config.zmq.max_message_size
         self._malformed = protocol.Throttle()     # a peer sending garbage must not flood the log
+        self._oversize = protocol.Throttle()      # values too large to send, logged with restraint
+        self.hook_errors = RepeatLog(self.log)    # a failing hook is logged once per minute
+        self._room = threading.Condition()        # set() waits here while _outgoing is full
+        self._room_waiters = 0
         self._client_key: Optional[str] = None    # who sent the request being handled (CURVE)
         self._handlers: Dict[str, Callable[[protocol.Request, List[bytes]], Optional[List[Any]]]] = {
             "read": self._on_read, "write": self._on_write, "list": self._on_list,
@@ -754,6 +756,28 @@ class _IOThread:
                     os.write(self._wfd, b"\0")
                 except BlockingIOError:
                     pass
+
+    def wait_for_room(self, low: int, running: Callable[[], bool]) -> None:
+        """Block until fewer than ``low`` messages are queued (or the thread ends).
+
+        The I/O thread notifies after each flush while someone waits; the
+        timeout only bounds a wake-up lost to a race, it is not a poll.
+        """
+        outgoing = self.svc._outgoing
+        with self._room:
+            self._room_waiters += 1
+            try:
+                while outgoing.qsize() > low and running() and self._thread.is_alive():
+                    self.wake()
+                    self._room.wait(0.5)
+            finally:
+                self._room_waiters -= 1
+
+    def _notify_room(self) -> None:
+        """After a flush: wake set() callers waiting for room (cheap when none wait)."""
+        if self._room_waiters:
+            with self._room:
+                self._room.notify_all()
 
     def _call(self, command: str, argument: Any, timeout: float = 30.0) -> None:
         box = _Box()
@@ -800,6 +824,7 @@ class _IOThread:
                 stop = self._run_control()
                 if self._pub is not None:
                     self._flush()
+                self._notify_room()
                 if stop:
                     return
                 self._maybe_heartbeat()
@@ -807,6 +832,8 @@ class _IOThread:
             self.log.exception("the I/O thread failed; requests are no longer served")
         finally:
             self._close_sockets()
+            with self._room:           # nobody waits for room on a thread that has ended
+                self._room.notify_all()
 
     def _poll_timeout(self) -> Optional[int]:
         if self._next_heartbeat is None:
@@ -924,10 +951,22 @@ class _IOThread:
         except (TypeError, ValueError) as exc:    # one bad value must not end the I/O thread
             self.log.error("broadcast of %s not sent: %s", keyword.name, exc)
             return
+        size = protocol.frames_size(frames)
+        if size > self._max_size:   # libzmq would drop every subscriber's connection for it
+            self._log_oversize(f"broadcast of {keyword.full_name} not sent", size)
+            return
         try:
             _send_frames(self._pub, frames, snap.raw is None)
         except zmq.ZMQError as exc:
             self.log.warning("broadcast of %s not sent: %s", keyword.name, exc.strerror)
+
+    def _log_oversize(self, what: str, size: int) -> None:
+        log_it, unlogged = self._oversize.allow(time.monotonic())
+        if log_it:
+            self.log.error("%s: %d bytes exceed the message size limit of %d ([zmq] "
+                           "max-message-size); a value that large was set by instrument "
+                           "code, not by a client write%s", what, size, self._max_size,
+                           f" ({unlogged} more not logged)" if unlogged else "")
 
     def _maybe_heartbeat(self) -> None:
         if self._next_heartbeat is None or self._pub is None:
@@ -997,15 +1036,59 @@ class _IOThread:
         return kw
 
     def _value_reply(self, rid: str, kw: Keyword, extra: Optional[Dict[str, Any]] = None) -> List[Any]:
+        """The VALUE reply, or a ``too-large`` error if it would exceed the limit."""
         snap = kw._snap
         payload = kw.value_payload(snap)
         if extra:
             payload.update(extra)
-        return protocol.ok(rid, payload, snap.raw)
+        reply = protocol.ok(rid, payload, snap.raw)
+        size = protocol.frames_size(reply)
+        if size > self._max_size:
+            self._log_oversize(f"reply with the value of {kw.full_name} not sent", size)
+            return protocol.error(rid, protocol.E_TOO_LARGE, (
+                f"{kw.full_name}: its value takes {size} bytes, above the message size limit "
+                f"of {self._max_size} bytes ([zmq] max-message-size)"), "ValueError")
+        return reply
+
+    def _check_size(self, kw: Keyword, value: Any) -> None:
+        """Refuse (too-large) a value whose replies and broadcasts would exceed the limit.
+
+        Checked before a write is applied: once stored, a value that cannot
+        be sent would make the keyword unreadable.
+        """
+        wire, raw = kw.type.to_wire(value)
+        if protocol.oversize(wire, raw, self._max_size, OVERHEAD_BOUND) is None:
+            return          # the common case, decided in O(1) without encoding anything
+        size = protocol.oversize(wire, raw, self._max_size, self._overhead(kw, value))
+        if size is not None:
+            raise _Refusal(protocol.E_TOO_LARGE, ValueError(
+                f"{kw.full_name}: a value of {size} bytes or more would not fit the message "
+                f"size limit of {self._max_size} bytes ([zmq] max-message-size) in its "
+                f"replies and broadcasts; refused, nothing was applied"))
+
+    def _overhead(self, kw: Keyword, value: Any) -> int:
+        """The most a reply or broadcast of ``value`` adds around its wire value.
+
+        The VALUE's own fields (so it follows value_payload), those of a write
+        reply and a broadcast, numbers at their widest, the longer of the
+        topic and a reply's id and status.  Called on worker threads too.
+        """
+        payload = kw.value_payload(Snapshot(None, "", 0, None, -1.2345678901234567e+300,
+                                            2 ** 63))
+        if "ascii" in payload:          # small types: their ascii is short, and counted
+            payload["ascii"] = kw.type.to_ascii(value)
+        payload.update({"changed": False, "gseq": 2 ** 63, "dispatcher": self.svc.dispatcher})
+        topic = protocol.topic(self.svc.name, kw.name)
+        return protocol.payload_overhead(payload, protocol.VERSION,
+                                         b"x" * max(len(topic), 4 * protocol.MAX_ID_LENGTH + 2))
 
     def _defer(self, req: protocol.Request, envelope: List[bytes], kw: Keyword,
                work: Callable[[], List[Any]]) -> None:
-        """Ack now; run ``work`` (which returns the reply) on the keyword's worker queue."""
+        """Ack now; run ``work`` (which returns the reply) on the keyword's worker queue.
+
+        At most ``[zmq] max-queued-writes`` requests wait per keyword; beyond
+        that the request is refused at once (``busy``), nothing applied.
+        """
         svc = self.svc
 
         def task() -> None:
@@ -1020,8 +1103,15 @@ class _IOThread:
         def cancelled() -> None:
             svc._send_reply(envelope + _shutting_down(req.id, svc))
 
+        limit = self.config.zmq.max_queued_writes
         try:
-            svc._executor.submit(kw.name, task, cancelled)
+            svc._executor.submit(kw.name, task, cancelled, limit=limit)
+        except QueueFull as full:
+            self._send(envelope + protocol.error(req.id, protocol.E_BUSY, (
+                f"{kw.full_name} is busy: {full.waiting} request(s) already wait for its "
+                f"hooks (at most {limit}, [zmq] max-queued-writes); this {req.command} was "
+                f"refused and nothing was applied, try again once it is done"), "KeywordBusy"))
+            return
         except RuntimeError:
             self._send(envelope + _shutting_down(req.id, svc))
             return
@@ -1033,11 +1123,15 @@ class _IOThread:
             raise _Refusal(protocol.E_WRITE_ONLY, ValueError(f"{kw.full_name} is write-only"))
         if kw.fast_read():
             return self._value_reply(req.id, kw)
+        hook_errors = self.hook_errors
 
         def work() -> List[Any]:
             try:
                 kw.update()
             except Exception as exc:  # noqa: BLE001 - the client gets type and message
+                hook_errors.error(("read", kw.name), exc, "%s: a read hook raised %s: %s "
+                                  "(the client got read-failed)", kw.full_name,
+                                  type(exc).__name__, exc)
                 return _error(req.id, exc, protocol.E_READ_FAILED)
             return self._value_reply(req.id, kw)
 
@@ -1060,11 +1154,17 @@ class _IOThread:
                 raise _Refusal(protocol.E_INVALID, exc) from None
         if kw.fast_write():
             try:
+                value = kw.type.coerce(value)
+            except (ValueError, TypeError) as exc:
+                return _error(req.id, exc, protocol.E_INVALID)
+            self._check_size(kw, value)
+            try:
                 changed = kw._fast_modify(value)
             except (ValueError, TypeError) as exc:
                 return _error(req.id, exc, protocol.E_INVALID)
             return self._value_reply(req.id, kw, {"changed": changed})
-        self._defer(req, envelope, kw, lambda: _write(req.id, kw, value, self._value_reply))
+        self._defer(req, envelope, kw, lambda: _write(req.id, kw, value, self._value_reply,
+                                                      self._check_size, self.hook_errors))
         return None
 
     def _on_list(self, req: protocol.Request, envelope: List[bytes]) -> List[Any]:
@@ -1072,9 +1172,33 @@ class _IOThread:
                                     "keywords": self.svc.keywords()})
 
     def _on_describe(self, req: protocol.Request, envelope: List[bytes]) -> List[Any]:
+        """One keyword: its DESCRIPTION and, for a numpy array, the raw frame (as a read).
+
+        Every keyword: one reply, which can hold no raw frame, so a numpy
+        array's value travels as a JSON list when it is small and is left
+        out when it is not; and values are left out, largest first, while the
+        reply would not fit the size limit (the client reads them instead).
+        """
         if req.target:
-            return protocol.ok(req.id, self._keyword(req).describe())
-        return protocol.ok(req.id, {"keywords": {kw.name: kw.describe() for kw in self.svc}})
+            kw = self._keyword(req)
+            snap = kw._snap
+            desc = kw.describe()
+            desc.update(kw.value_payload(snap))
+            reply = protocol.ok(req.id, desc, snap.raw)
+            if protocol.frames_size(reply) <= self._max_size:
+                return reply
+            return protocol.ok(req.id, _without_value(desc))
+        descs = {kw.name: _description(kw) for kw in self.svc}
+        reply = protocol.ok(req.id, {"keywords": descs})
+        if protocol.frames_size(reply) > self._max_size:
+            reply = protocol.ok(req.id, {"keywords": _fit(descs, self._max_size)})
+        size = protocol.frames_size(reply)
+        if size > self._max_size:
+            return protocol.error(req.id, protocol.E_TOO_LARGE, (
+                f"the descriptions of {len(descs)} keywords take {size} bytes even without "
+                f"values, above the message size limit of {self._max_size} bytes; describe "
+                f"them one at a time"), "ValueError")
+        return reply
 
     def _on_identify(self, req: protocol.Request, envelope: List[bytes]) -> List[Any]:
         return protocol.ok(req.id, {
@@ -1126,29 +1250,88 @@ def _error(rid: str, exc: BaseException, code: str) -> List[bytes]:
     return protocol.error(rid, payload["code"], payload["message"], payload["type"])
 
 
+#: More than a reply or broadcast ever adds around a value (names of 256
+#: characters, UTF-8): below ``limit - OVERHEAD_BOUND`` a value needs no exact check.
+OVERHEAD_BOUND = 8192
+#: Elements of a numpy array value a describe of every keyword still carries (as JSON).
+DESCRIBE_ARRAY_ELEMENTS = 4096
+_VALUE_FIELDS = ("value", "ascii", "time", "seq")
+
+
+def _description(kw: Keyword) -> Dict[str, Any]:
+    """A keyword's DESCRIPTION for a reply without a raw frame (describe of every keyword)."""
+    snap = kw._snap
+    desc = kw.describe()
+    desc.update(kw.value_payload(snap))
+    if snap.raw is not None:
+        if getattr(snap.value, "size", DESCRIBE_ARRAY_ELEMENTS + 1) <= DESCRIBE_ARRAY_ELEMENTS:
+            desc["value"] = _persistable(kw, snap)
+            desc["dtype"] = snap.wire.get("dtype")   # so a client makes it an array again
+        else:
+            desc = _without_value(desc)
+    return desc
+
+
+def _without_value(desc: Dict[str, Any]) -> Dict[str, Any]:
+    return {key: item for key, item in desc.items() if key not in _VALUE_FIELDS}
+
+
+def _fit(descs: Dict[str, Dict[str, Any]], limit: int) -> Dict[str, Dict[str, Any]]:
+    """Leave values out, largest first, until the descriptions fit ``limit`` bytes."""
+    sizes = sorted(((len(protocol.dumps(d.get("value"))) + len(protocol.dumps(d.get("ascii"))),
+                     name) for name, d in descs.items()), reverse=True)
+    total = len(protocol.dumps(descs)) + protocol.ENVELOPE_ALLOWANCE
+    out = dict(descs)
+    for size, name in sizes:
+        if total <= limit:
+            break
+        out[name] = _without_value(out[name])
+        total -= size
+    return out
+
+
 def _shutting_down(rid: str, svc: Service) -> List[bytes]:
     return protocol.error(rid, protocol.E_SHUTTING_DOWN,
                           f"service {svc.name!r} is shutting down", "CauldronError")
 
 
 def _write(rid: str, kw: Keyword, value: Any,
-           value_reply: Callable[[str, Keyword, Dict[str, Any]], List[Any]]) -> List[Any]:
-    """The client write: refusals are invalid-value, hook failures write-failed."""
+           value_reply: Callable[[str, Keyword, Dict[str, Any]], List[Any]],
+           check_size: Callable[[Keyword, Any], None],
+           hook_errors: RepeatLog) -> List[Any]:
+    """The client write: refusals are invalid-value, hook failures write-failed.
+
+    A hook's exception reaches the client and is logged here with its
+    traceback (repeats throttled): the client's message says what, the
+    dispatcher's log says where.
+    """
     try:
         value = kw._prepare_write(value)
     except NoWriteNecessary:
         return value_reply(rid, kw, {"changed": False})
     except (ValueError, TypeError) as exc:
+        kw.log.debug("%s: write refused: %s", kw.full_name, exc)
         return _error(rid, exc, protocol.E_INVALID)
     except Exception as exc:  # noqa: BLE001
+        _log_hook_error(hook_errors, kw, exc)
         return _error(rid, exc, protocol.E_WRITE_FAILED)
+    try:
+        check_size(kw, value)
+    except _Refusal as refusal:
+        return _error(rid, refusal.exc, refusal.code)
     try:
         changed = kw._apply_write(value)
     except NoWriteNecessary:
         changed = False
     except Exception as exc:  # noqa: BLE001
+        _log_hook_error(hook_errors, kw, exc)
         return _error(rid, exc, protocol.E_WRITE_FAILED)
     return value_reply(rid, kw, {"changed": changed})
+
+
+def _log_hook_error(hook_errors: RepeatLog, kw: Keyword, exc: BaseException) -> None:
+    hook_errors.error(("write", kw.name), exc, "%s: a write hook raised %s: %s (the client "
+                      "got write-failed)", kw.full_name, type(exc).__name__, exc)
 
 
 # =============================================================================

@@ -184,6 +184,37 @@ def remote_exception(message: str, *, code: str, remote_type: str = "",
     an instance of both ``base`` and that built-in type.  A reply with the
     code ``invalid-value`` (a refused value) is always also a ValueError.
     """
+    by_code = _BY_CODE.get(code)
+    if by_code is not None and issubclass(by_code, base):
+        base = by_code          # a code with a class of its own (busy -> KeywordBusy)
     extra = tuple(t for t in _builtins_for(code, remote_type) if not issubclass(base, t))
     cls: type = _combine(base, extra) if extra else base
     return cls(message, code=code, remote_type=remote_type, peer=peer)
+
+
+class KeywordBusy(DispatcherError):
+    """The dispatcher refused a request at once (code ``busy``): as many requests
+    as ``[zmq] max-queued-writes`` allows already wait for the keyword's hooks.
+
+    Nothing was applied.  Wait for the keyword (the write in progress) and
+    try again; ``limit`` is not known on the client, the message says it.
+    """
+
+
+class MessageTooLarge(CauldronError, ValueError):
+    """A request larger than ``[zmq] max-message-size``, refused before it was sent.
+
+    ``size`` (bytes, exact or at least) and ``limit`` say by how much.
+    ZeroMQ drops a connection that carries a message over the peer's limit
+    without a word, so sending it would only end in a timeout.
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+#: Error codes whose client-side exception has a class of its own.
+_BY_CODE: Dict[str, Type[RemoteError]] = {"busy": KeywordBusy}
+__all__ += ["KeywordBusy", "MessageTooLarge"]

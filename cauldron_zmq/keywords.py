@@ -405,6 +405,8 @@ class Keyword:
     @property
     def ascii(self) -> Optional[str]:
         snap = self._snap
+        if snap.seq and snap.raw is not None:    # a numpy array: formatted when asked
+            return self._client_ascii(snap.value)
         return None if snap.seq == 0 else snap.ascii
 
     @property
@@ -528,7 +530,10 @@ class Keyword:
         """Called with the lock held: the new snapshot, recorded in the history."""
         now = time.time()
         wire, raw = self.type.to_wire(value)
-        snap = Snapshot(value, self._client_ascii(value), wire, raw, now, self._snap.seq + 1)
+        # A numpy array's ascii is formatted when asked (Keyword.ascii), not on
+        # every set: 2 s for a 16 MB array, and no reply or broadcast carries it.
+        text = "" if raw is not None else self._client_ascii(value)
+        snap = Snapshot(value, text, wire, raw, now, self._snap.seq + 1)
         self._snap = snap
         self.history.append((value, now))
         return snap
@@ -690,8 +695,14 @@ class Keyword:
     # --------------------------------------------------------- description
 
     def value_payload(self, snap: Optional[Snapshot] = None) -> Dict[str, Any]:
-        """A protocol VALUE (without the raw frame, which is ``snap.raw``)."""
+        """A protocol VALUE (without the raw frame, which is ``snap.raw``).
+
+        Strings and arrays carry no ``ascii``: a string's is its value, and
+        clients format an array's when asked, so a large value travels once.
+        """
         snap = snap or self._snap
+        if self.type.is_array or self.type.type == "string":
+            return {"keyword": self.name, "value": snap.wire, "time": snap.time, "seq": snap.seq}
         return {"keyword": self.name, "value": snap.wire, "ascii": snap.ascii,
                 "time": snap.time, "seq": snap.seq}
 

@@ -62,13 +62,20 @@ E_CONFLICT = "conflict"            # router: name held by a live dispatcher else
 E_NOT_ALLOWED = "not-allowed"      # refused by policy (e.g. shutdown, write access)
 E_SHUTTING_DOWN = "shutting-down"
 E_INTERNAL = "internal"            # a bug on the server; the message says more
+E_BUSY = "busy"                    # too many requests already wait for this keyword's hooks
 
 ERROR_CODES = frozenset({
     E_FRAMES, E_VERSION, E_ENCODING, E_JSON, E_COMMAND, E_TOO_LARGE, E_REQUEST,
     E_NOT_FOUND, E_UNKNOWN_KEYWORD, E_READ_ONLY, E_WRITE_ONLY, E_INVALID,
     E_WRITE_FAILED, E_READ_FAILED, E_EXHAUSTED, E_CONFLICT, E_NOT_ALLOWED,
-    E_SHUTTING_DOWN, E_INTERNAL,
+    E_SHUTTING_DOWN, E_INTERNAL, E_BUSY,
 })
+
+#: Bytes a message may add around a value when nothing better is known (the
+#: dispatcher and client compute theirs: see request_overhead, oversize).
+ENVELOPE_ALLOWANCE = 1024
+#: Slack added to computed overheads (envelope frames of a ROUTER peer).
+_OVERHEAD_SLACK = 64
 
 Frames = Sequence[Union[bytes, bytearray, memoryview, Any]]
 
@@ -263,6 +270,72 @@ def _size(frames: Sequence[Any]) -> int:
         n = getattr(f, "nbytes", None)
         total += n if isinstance(n, int) else len(f)
     return total
+
+
+def frames_size(frames: Sequence[Any]) -> int:
+    """The bytes a list of frames puts on the wire (memoryviews counted by nbytes)."""
+    return _size(frames)
+
+
+def request_overhead(command: str, target: str, field: str = "value") -> int:
+    """What a request adds around ``{field: VALUE}``'s value: every other byte, at most."""
+    return (len(VERSION) + 4 * MAX_ID_LENGTH + len(command.encode("utf-8"))
+            + len(target.encode("utf-8")) + len(dumps({field: 0})) - 1 + _OVERHEAD_SLACK)
+
+
+def payload_overhead(payload: Any, *frames: bytes) -> int:
+    """What a message adds around a value: ``payload`` holds the value as ``0``
+    (and its other fields at their widest), ``frames`` are its other frames."""
+    return len(dumps(payload)) - 1 + sum(len(f) for f in frames) + _OVERHEAD_SLACK
+
+
+def oversize(wire: Any, raw: Any, limit: int,
+             overhead: int = ENVELOPE_ALLOWANCE) -> Optional[int]:
+    """None if a message carrying ``wire`` (as JSON) and ``raw`` fits ``limit``; else its size.
+
+    ``overhead`` is what the message adds around the value (frames, names,
+    time, seq...), which the check keeps free.  Cheap bounds decide
+    first (a 17 MiB string or a ten-million-element list is refused without
+    being encoded; a short value passes without it); only values near the
+    limit are encoded to know.  The size returned is exact, or a lower bound
+    when the value was refused on its bound.
+    """
+    raw_n = 0 if raw is None else _size([raw])
+    budget = limit - overhead - raw_n
+    low = _json_low(wire)
+    if low > budget:
+        return raw_n + low + overhead
+    if _json_high(wire) <= budget:
+        return None
+    exact = len(dumps(wire))
+    return None if exact <= budget else raw_n + exact + overhead
+
+
+_NUMBER_JSON = 25          # the longest JSON number: -1.2345678901234567e-308 and a comma
+_UNKNOWN = 1 << 62
+
+
+def _json_low(wire: Any) -> int:
+    """A lower bound of ``len(dumps(wire))`` in O(1)."""
+    if isinstance(wire, str):
+        return len(wire) + 2                 # a code point is at least one byte
+    if isinstance(wire, (list, tuple)):
+        return 2 * len(wire) + 1 if wire else 2   # an element and a comma each
+    return 1
+
+
+def _json_high(wire: Any) -> int:
+    """An upper bound of ``len(dumps(wire))``, or a huge number when it is not cheap to know."""
+    if isinstance(wire, str):
+        return 6 * len(wire) + 2             # at most a 6-byte escape per code point
+    if wire is None or isinstance(wire, (bool, float)):
+        return _NUMBER_JSON
+    if isinstance(wire, int):
+        return _NUMBER_JSON if wire.bit_length() <= 64 else _UNKNOWN
+    if isinstance(wire, (list, tuple)) and all(
+            type(x) is float or (type(x) is int and x.bit_length() <= 64) for x in wire):
+        return len(wire) * _NUMBER_JSON + 2
+    return _UNKNOWN
 
 
 # ---------------------------------------------------------------------- envelope

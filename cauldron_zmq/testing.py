@@ -26,6 +26,7 @@ import socket
 import subprocess as _subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
 PathArg = Union[str, "os.PathLike[str]"]
 Setup = Callable[[Any], Any]
 
+LOG_TAIL_LINES = 20               # lines of a child's log quoted when it exits early
 _LOW, _HIGH = 20000, 32000        # below Linux's ephemeral range (32768-60999)
 _handed_out: Set[int] = set()
 _ports_lock = threading.Lock()
@@ -178,7 +180,8 @@ class ServiceHarness:
                 raise TypeError("subprocess=True needs a keyword file, not a setup function")
             self.setup = source
         elif source is not None:
-            self.keywords_file = os.fspath(source)
+            # Absolute now: the child processes run in the harness's directory.
+            self.keywords_file = os.path.abspath(os.fspath(source))
         self.service = service.lower()
         self.subprocess = subprocess
         self.dispatcher_name = dispatcher
@@ -186,12 +189,13 @@ class ServiceHarness:
         if directory is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="cauldron-zmq-test-")
             directory = self._tmp.name
-        self.directory = Path(directory)
+        self.directory = Path(directory).resolve()
         self.config_path = write_test_config(self.directory, pairs=pairs, overrides=config)
         self.config: Config = load_config(self.config_path)
         self.router: Any = None                    # Router (in-process) or Popen
         self.dispatcher: Any = None                # DFW.Service or Popen
         self._clients: List[Any] = []
+        self._logs: Dict[int, Path] = {}           # child pid -> its log file
 
     # -------------------------------------------------------------- lifecycle
     def __enter__(self) -> "ServiceHarness":
@@ -324,18 +328,35 @@ class ServiceHarness:
 
     # ------------------------------------------------------------------ helpers
     def _spawn(self, cmd: List[str]) -> "_subprocess.Popen[bytes]":
-        log = open(self.directory / f"{Path(cmd[2]).name}-{len(os.listdir(self.directory))}.log",
-                   "wb")
+        path = self.directory / f"{Path(cmd[2]).name}-{len(os.listdir(self.directory))}.log"
+        log = open(path, "wb")
         try:
-            return _subprocess.Popen(cmd, env=_child_env(), stdin=_subprocess.DEVNULL,
+            proc = _subprocess.Popen(cmd, env=_child_env(), stdin=_subprocess.DEVNULL,
                                      stdout=log, stderr=_subprocess.STDOUT, cwd=self.directory)
         finally:
             log.close()
+        self._logs[proc.pid] = path
+        return proc
 
-    @staticmethod
-    def _check_alive(proc: Any, what: str) -> None:
+    def log_tail(self, proc: Any, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines a child process wrote (stdout and stderr), or ""."""
+        path = self._logs.get(getattr(proc, "pid", None))
+        if path is None:
+            return ""
+        try:
+            text = path.read_bytes().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def _check_alive(self, proc: Any, what: str) -> None:
+        """The child's own words in the error: its log is deleted with the directory."""
         if isinstance(proc, _subprocess.Popen) and proc.poll() is not None:
-            raise RuntimeError(f"the {what} process exited with status {proc.returncode}")
+            tail = self.log_tail(proc)
+            said = (f"; its last output:\n{textwrap.indent(tail, '    ')}" if tail
+                    else " without any output")
+            raise RuntimeError(f"the {what} process exited with status {proc.returncode}"
+                               f"{said}")
 
 
 def identify_pid(config: Config, service: str) -> Optional[int]:

@@ -1053,9 +1053,12 @@ def _array_equal(a: Any, b: Any) -> bool:
             if x.shape != y.shape:
                 return False
             if x.dtype.kind == "f" or y.dtype.kind == "f":
-                with np.errstate(invalid="ignore"):
-                    x, y = x.astype(np.float64), y.astype(np.float64)
-                    return bool(np.all((x == y) | (np.isnan(x) & np.isnan(y))))
+                with np.errstate(invalid="ignore"):   # no copies of float64 arrays (16 MB ones)
+                    x, y = x.astype(np.float64, copy=False), y.astype(np.float64, copy=False)
+                    same = x == y
+                    if same.all():
+                        return True
+                    return bool(np.all(same | (np.isnan(x) & np.isnan(y))))
             return bool(np.array_equal(x, y))
         except (TypeError, ValueError):
             return False

@@ -22,10 +22,20 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
-__all__ = ["KeyedExecutor", "Scheduler", "ScheduledEntry"]
+__all__ = ["KeyedExecutor", "QueueFull", "Scheduler", "ScheduledEntry", "RepeatLog"]
 
 Task = Callable[[], Any]
 Cancel = Optional[Callable[[], Any]]
+
+
+class QueueFull(RuntimeError):
+    """``submit(..., limit=N)`` found N tasks of the key already waiting."""
+
+    def __init__(self, key: Any, waiting: int, limit: int) -> None:
+        super().__init__(f"{key}: {waiting} task(s) already waiting (limit {limit})")
+        self.key = key
+        self.waiting = waiting
+        self.limit = limit
 
 
 class _Item:
@@ -64,18 +74,24 @@ class KeyedExecutor:
 
     # ------------------------------------------------------------ submitting
 
-    def submit(self, key: Any, fn: Task, on_cancel: Cancel = None) -> None:
+    def submit(self, key: Any, fn: Task, on_cancel: Cancel = None,
+               limit: Optional[int] = None) -> None:
         """Queue ``fn`` behind earlier tasks of ``key``.
 
         ``on_cancel`` is called instead of ``fn`` if the executor is closed
         before ``fn`` starts (so a client still gets an answer).  Raises
-        RuntimeError once closed.
+        RuntimeError once closed.  With ``limit``, raises :class:`QueueFull`
+        instead of queueing when ``limit`` tasks of ``key`` already wait
+        behind the running one (``limit=0``: whenever one runs): a slow hook
+        must not let a stream of requests grow the process without bound.
         """
         with self._cond:
             if self._closed:
                 raise RuntimeError(f"{self.name}: executor is shut down")
             queue = self._queues.get(key)
             if queue is not None:
+                if limit is not None and len(queue) >= limit:
+                    raise QueueFull(key, len(queue), limit)
                 queue.append(_Item(fn, on_cancel))
                 return
             self._queues[key] = deque([_Item(fn, on_cancel)])
@@ -182,6 +198,12 @@ class KeyedExecutor:
     def worker_count(self) -> int:
         with self._cond:
             return len(self._workers)
+
+    def waiting(self, key: Any) -> int:
+        """How many tasks of ``key`` wait (not counting the one running)."""
+        with self._cond:
+            queue = self._queues.get(key)
+            return 0 if queue is None else len(queue)
 
 
 class ScheduledEntry:
@@ -293,6 +315,56 @@ class Scheduler:
             self.executor.submit(entry.key, run)
         except RuntimeError:        # executor closed: we are shutting down
             entry.pending = False
+
+
+class RepeatLog:
+    """Log an error with its traceback once, then count its repeats.
+
+    A hook that fails on every write (a typo, hardware unplugged) must show
+    up in the dispatcher's log, with the traceback that says where, but a
+    client retrying it in a loop must not fill the disk: the same failure
+    (key, exception type and the line that raised it, whatever the message,
+    which often names the value) is logged in full at most once per
+    ``period`` seconds, and the next line logged for it says how many
+    repeats were not.  At most ``size`` distinct failures are remembered.
+    Sans I/O apart from the logger: ``now`` is given.
+    """
+
+    def __init__(self, log: logging.Logger, period: float = 60.0, size: int = 256) -> None:
+        self.log = log
+        self.period = period
+        self.size = size
+        self._seen: Dict[Tuple[Any, ...], List[float]] = {}   # key -> [last logged, unlogged]
+        self._lock = threading.Lock()
+
+    def error(self, key: Any, exc: BaseException, message: str, *args: Any,
+              now: Optional[float] = None) -> bool:
+        """Log ``message % args`` with ``exc``'s traceback unless it repeats; True if logged."""
+        now = time.monotonic() if now is None else now
+        ident = (key, type(exc).__name__, _raised_at(exc))
+        with self._lock:
+            entry = self._seen.get(ident)
+            if entry is not None and now - entry[0] < self.period:
+                entry[1] += 1
+                return False
+            repeats = 0 if entry is None else int(entry[1])
+            if entry is None and len(self._seen) >= self.size:
+                self._seen.pop(next(iter(self._seen)))
+            self._seen[ident] = [now, 0]
+        if repeats:
+            message += f" ({repeats} repeat(s) since it was last logged were not logged)"
+        self.log.error(message, *args, exc_info=(type(exc), exc, exc.__traceback__))
+        return True
+
+
+def _raised_at(exc: BaseException) -> Tuple[str, int]:
+    """(file, line) of the innermost frame of ``exc``'s traceback."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ("", 0)
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
 
 
 def _next_time(previous: float, period: float, now: float) -> float:

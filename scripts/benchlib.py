@@ -17,6 +17,9 @@ Subprocess roles (``scripts/bench --role NAME ...``):
   so broadcasts are driven from inside the dispatcher process.
 * ``sub``: one subscriber of the pool (its own process and SUB socket),
   steered by the bench over a DEALER.
+
+For the array measure the echo server sends the request's raw frame back in
+its reply and its broadcast, as the dispatcher sends the array it stored.
 """
 from __future__ import annotations
 
@@ -51,7 +54,9 @@ SUBSCRIBERS = 10
 COUNTERS = 64                # counted keywords C0000..C0063: one per broadcast run
 WARMUP = 200
 BLOCK = 100                  # operations per block when interleaving measures
-SECTIONS = ("startup", "memory", "router", "roundtrip", "broadcast", "recovery")
+SECTIONS = ("startup", "memory", "router", "roundtrip", "broadcast", "recovery", "array")
+ARRAY_ELEMENTS = 2 * 1024 * 1024     # doubles: a 16 MiB array
+ARRAY_LIMIT = 17 * 1024 * 1024       # [zmq] max-message-size: the array and room to spare
 
 # A bare pyzmq ROUTER "echo" script: what start-up time and memory compare
 # against.  It imports zmq and nothing else.
@@ -308,10 +313,13 @@ def role_echo(port: int, pub_port: int, canned_path: str, hwm: int) -> None:
     with open(canned_path) as stream:
         data = json.load(stream)
     canned: Dict[Tuple[bytes, bytes], Tuple[List[bytes], Optional[List[bytes]]]] = {}
+    echo_raw = set()
     for row in data["replies"]:
         reply = [row["status"].encode(), row["payload"].encode()]
         pub = [part.encode("latin-1") for part in row["pub"]] if row.get("pub") else None
         canned[(row["command"].encode(), row["target"].encode())] = (reply, pub)
+        if row.get("echo_raw"):
+            echo_raw.add((row["command"].encode(), row["target"].encode()))
     burst_payload = data["burst_payload"].encode()
     default = ([b"ok", b"{}"], None)
     context = zmq.Context()
@@ -341,6 +349,10 @@ def role_echo(port: int, pub_port: int, canned_path: str, hwm: int) -> None:
                     send = pub.send_multipart
                     for _ in range(int(f[5])):
                         send(frames)
+            if (f[3], f[4]) in echo_raw:          # the array: its frame goes back out, twice
+                sock.send_multipart([f[0], VERSION, f[2]] + reply + [f[6]])
+                pub.send_multipart(broadcast + [f[6]])
+                continue
             sock.send_multipart([f[0], VERSION, f[2]] + reply)
             if broadcast is not None:
                 pub.send_multipart(broadcast)
@@ -368,6 +380,7 @@ def role_dispatcher(config_path: str, service: str) -> None:
         for name in ("READV", "WSAME", "WCHG"):
             DFW.Double(name, svc, initial=1.5)
         DFW.Integer("PRIME", svc, initial=0)
+        DFW.DoubleArray("ARRAY", svc, initial=[0.0])
         Burst("BURST", svc, initial="idle")
         for i in range(COUNTERS):
             DFW.Integer(f"C{i:04d}", svc, initial=0)
@@ -499,7 +512,8 @@ class Env:
         router_port = free_port()
         first = free_ports(2 * 16, consecutive=True)[0]
         self.config_data = {
-            "zmq": {"host": "127.0.0.1", "persist-dir": os.path.join(self.dir, "persist")},
+            "zmq": {"host": "127.0.0.1", "persist-dir": os.path.join(self.dir, "persist"),
+                    "max-message-size": ARRAY_LIMIT},
             "zmq-router": {"host": "127.0.0.1", "port": router_port, "first-port": first,
                            "last-port": first + 31, "allow-spawn": False},
         }
@@ -604,6 +618,7 @@ class Env:
         keep("write", "WCHG", changed, [protocol.topic(SERVICE, "WCHG"), VERSION,
                                         protocol.dumps(payload)])
         keep("list", "", raw.round_trip(request("list")))
+        self._capture_array(keep, raw)
         for name in ("READV", "WSAME", "WCHG"):
             keep("describe", name, raw.round_trip(request("describe", name)))
         with RouterClient(self.config, context=self.context) as client:
@@ -617,6 +632,21 @@ class Env:
         sample = {"keyword": "C0000", "value": 12345, "ascii": "12345", "time": time.time(),
                   "seq": 12346, "gseq": 24690, "dispatcher": "default"}
         self.canned = {"replies": replies, "burst_payload": protocol.dumps(sample).decode()}
+
+    def _capture_array(self, keep: Callable[..., Dict[str, Any]], raw: "RawDealer") -> None:
+        """The dispatcher's reply and broadcast to a 16 MiB array write, without the frame."""
+        from cauldron_zmq import protocol
+        header = {"dtype": "<f8", "shape": [ARRAY_ELEMENTS]}
+        frame = bytes(8 * ARRAY_ELEMENTS)
+        reply = raw.final(request("write", "ARRAY", {"value": header}, raw=frame))
+        if reply[2] != b"ok":
+            raise BenchError(f"the 16 MiB array write was refused: {reply[3][:300]!r}")
+        payload = json.loads(reply[3])
+        payload.pop("changed", None)
+        payload.update({"gseq": 1000 + payload["seq"], "dispatcher": "default"})
+        row = keep("write", "ARRAY", reply[:4], [protocol.topic(SERVICE, "ARRAY"), VERSION,
+                                                 protocol.dumps(payload)])
+        row["echo_raw"] = True
 
     def subscribers(self) -> Dict[str, Any]:
         """The pool: SUBSCRIBERS processes, each connected to both publishers, subscribed to nothing."""
@@ -691,6 +721,8 @@ def _fmt(value: Optional[float], unit: str) -> str:
         return "—"
     if unit in ("us", "ms"):
         return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
+    if unit == "MB/s":
+        return f"{value:,.0f} MB/s"
     if unit == "MB":
         return f"{value:.1f} MB"
     if unit in ("msgs/s", "ops/s"):
@@ -1199,3 +1231,56 @@ def section_recovery(env: Env, report: Report, repeats: int) -> None:
                   "ms", statistics.median(times), None, repeats=repeats, all_ms=times,
                   replacement_start_ms=statistics.median(starts),
                   heartbeat_s=env.config.zmq.heartbeat)
+
+
+def section_array(env: Env, report: Report, count: int) -> None:
+    """A 16 MiB double array: ktl writes vs a raw DEALER and the bare echo moving the same frames.
+
+    Each write sends the array, and its reply and broadcast each carry it
+    back (the ktl client's SUB receives the broadcast, as the bare SUB does):
+    48 MiB per write.  The figure is the array's MB/s (16 MiB per write), one
+    write at a time, the two sides alternating.
+    """
+    import numpy as np
+    from cauldron_zmq import ktl
+    echo = env.echo()                       # (captures the dispatcher's answers first)
+    raw = echo["raw"]
+    bare_sub = env.context.socket(zmq.SUB)
+    bare_sub.setsockopt(zmq.LINGER, 0)
+    bare_sub.setsockopt(zmq.SUBSCRIBE, (SERVICE + "\0ARRAY\0").encode())
+    bare_sub.connect(echo["broadcast"])
+    header = {"dtype": "<f8", "shape": [ARRAY_ELEMENTS]}
+    arrays = [np.full(ARRAY_ELEMENTS, float(i)) for i in (1, 2)]
+    frames = [request("write", "ARRAY", {"value": header}, raw=a.tobytes(), rid="bench-array")
+              for a in arrays]
+    nbytes = arrays[0].nbytes
+    svc = ktl.Service(SERVICE, config=env.config, timeout=60)
+    times: Dict[str, List[float]] = {"project": [], "bare": []}
+    try:
+        kw = svc["ARRAY"]
+        broadcast = threading.Event()
+        kw.callback(lambda _kw: broadcast.set())
+        kw.monitor(prime=False)
+        for i in range(count + 1):          # the first of each is a warm-up
+            for kind in ("project", "bare"):
+                t0 = time.perf_counter()
+                if kind == "project":       # binary: the ascii of 2 Mi doubles is not asked for
+                    broadcast.clear()
+                    kw.write(arrays[i % 2], binary=True)
+                    if not broadcast.wait(10):
+                        raise BenchError("the array's broadcast never reached the client")
+                else:
+                    raw.final(frames[i % 2])
+                    if bare_sub.poll(10000):
+                        bare_sub.recv_multipart()
+                if i:
+                    times[kind].append(time.perf_counter() - t0)
+    finally:
+        svc.shutdown()
+        bare_sub.close(0)
+    rate = {kind: len(t) * nbytes / 1e6 / sum(t) for kind, t in times.items()}
+    report.figure("array.write", "16 MiB double array write (+ reply, broadcast): MB/s",
+                  "MB/s", rate["project"], rate["bare"], better="higher", count=count,
+                  array_bytes=nbytes,
+                  median_ms=statistics.median(times["project"]) * 1000,
+                  bare_median_ms=statistics.median(times["bare"]) * 1000)

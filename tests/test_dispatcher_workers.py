@@ -7,7 +7,9 @@ from typing import Any, List
 
 import pytest
 
-from cauldron_zmq.workers import KeyedExecutor, Scheduler, _next_time
+import logging
+
+from cauldron_zmq.workers import KeyedExecutor, QueueFull, RepeatLog, Scheduler, _next_time
 
 try:
     from .test_dispatcher_support import wait_for
@@ -89,3 +91,57 @@ def test_scheduler_periodic_and_one_shot() -> None:
 def test_next_time_skips_missed_periods() -> None:
     assert _next_time(10.0, 1.0, 10.5) == 11.0
     assert _next_time(10.0, 1.0, 13.2) == 14.0
+
+
+def test_submit_with_a_limit_refuses_beyond_it() -> None:
+    ex = KeyedExecutor("cauldron-test", max_workers=2, idle_timeout=0.2)
+    started, release = threading.Event(), threading.Event()
+    ran: List[int] = []
+    ex.submit("k", lambda: (started.set(), release.wait(10)), limit=2)
+    assert started.wait(5)
+    ex.submit("k", lambda: ran.append(1), limit=2)
+    ex.submit("k", lambda: ran.append(2), limit=2)
+    assert ex.waiting("k") == 2
+    with pytest.raises(QueueFull) as info:
+        ex.submit("k", lambda: ran.append(3), limit=2)
+    assert (info.value.waiting, info.value.limit) == (2, 2)
+    ex.submit("k", lambda: ran.append(4))        # no limit: internal work still queues
+    with pytest.raises(QueueFull):
+        ex.submit("k", lambda: ran.append(5), limit=0)
+    done = threading.Event()
+    ex.submit("other", done.set, limit=0)        # an idle key takes work even at limit 0
+    assert done.wait(5)
+    release.set()
+    wait_for(lambda: ran == [1, 2, 4], what="the queued tasks")
+    wait_for(lambda: ex.waiting("k") == 0, what="an empty queue")
+    ex.submit("k", lambda: ran.append(6), limit=0)   # idle again: accepted
+    wait_for(lambda: ran[-1:] == [6], what="the task after the queue emptied")
+    assert ex.close() == []
+
+
+def test_repeat_log_logs_once_with_traceback_then_counts(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("cauldron_zmq.test.repeat")
+    repeats = RepeatLog(log, period=60.0, size=2)
+    try:
+        raise NameError("name 'motor' is not defined")
+    except NameError as exc:
+        error = exc
+    with caplog.at_level(logging.ERROR, logger=log.name):
+        assert repeats.error("K", error, "hook of %s failed", "K", now=0.0)
+        for t in range(1, 6):
+            assert not repeats.error("K", error, "hook of %s failed", "K", now=float(t))
+        assert repeats.error("OTHER", error, "hook of %s failed", "OTHER", now=6.0)
+        assert repeats.error("K", error, "hook of %s failed", "K", now=61.0)
+        def fail(n: int) -> BaseException:
+            try:
+                raise ValueError(f"cannot move to {n}")    # the message changes, the line not
+            except ValueError as exc:
+                return exc
+        assert repeats.error("MOVE", fail(1), "move failed", now=62.0)
+        assert not repeats.error("MOVE", fail(2), "move failed", now=63.0)
+    records = [r for r in caplog.records if r.name == log.name]
+    assert len(records) == 4
+    assert records[0].exc_info is not None and records[0].exc_info[1] is error
+    assert "Traceback" in caplog.text and "motor" in caplog.text
+    assert "5 repeat(s)" in records[2].getMessage()
+    assert len(repeats._seen) <= 2                 # bounded memory of distinct failures

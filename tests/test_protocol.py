@@ -136,3 +136,40 @@ def test_decoders_never_raise(frames):
 def test_any_request_round_trips(command, rid, target, payload):
     req = p.Request(rid, command, target, payload)
     assert p.decode_request(p.encode_request(req)) == req
+
+
+# --------------------------------------------------------------------- sizes
+
+def test_oversize_decides_cheaply_and_exactly_near_the_limit(monkeypatch):
+    limit = 10_000
+    budget = limit - p.ENVELOPE_ALLOWANCE
+    assert p.oversize("x" * 100, None, limit) is None
+    assert p.oversize(list(range(100)), None, limit) is None
+    # refused on the lower bound, without encoding
+    encoded = []
+    real_dumps = p.dumps
+    monkeypatch.setattr(p, "dumps", lambda obj: (encoded.append(1), real_dumps(obj))[1])
+    assert p.oversize("x" * 20_000, None, limit) >= 20_000
+    assert p.oversize([0] * 10_000, None, limit) >= 20_000
+    assert p.oversize({"dtype": "<f8"}, b"\0" * limit, limit) > limit
+    assert not encoded
+    # near the limit: exact (escapes count; a 6-byte escape per control character)
+    assert p.oversize("x" * (budget - 2), None, limit) is None
+    assert p.oversize("x" * (budget - 1), None, limit) == limit + 1
+    assert p.oversize("\n" * (budget // 2), None, limit) is not None
+    assert p.oversize("é" * ((budget - 2) // 2), None, limit) is None      # 2 bytes each
+    assert encoded
+    # the raw frame counts, a memoryview by its bytes
+    frame = memoryview(bytearray(budget - 40)).cast("B")
+    assert p.oversize({"dtype": "<f8", "shape": [1]}, frame, limit) is None
+    assert p.oversize({"dtype": "<f8", "shape": [1]}, frame, limit - 100) is not None
+    assert p.frames_size([b"ab", memoryview(b"cde")]) == 5
+
+
+def test_busy_has_a_code_and_a_client_class():
+    from cauldron_zmq.errors import KeywordBusy
+    assert p.E_BUSY == "busy" and p.E_BUSY in p.ERROR_CODES
+    exc = remote_exception("demo.STAGE is busy", code="busy", remote_type="KeywordBusy")
+    assert isinstance(exc, KeywordBusy) and isinstance(exc, DispatcherError)
+    from cauldron_zmq.errors import RouterError
+    assert not isinstance(remote_exception("x", code="busy", base=RouterError), KeywordBusy)

@@ -713,3 +713,20 @@ def test_anything_converts_or_is_refused_cleanly(kt, value):
         return
     assert kt.equal(kt.coerce(kt.to_ascii(native)), native)
     assert kt.equal(kt.from_wire(*kt.to_wire(native)), native)
+
+
+def test_large_numpy_arrays_convert_without_copies():
+    np = pytest.importorskip("numpy")
+    kt = keyword_type("double-array", name="big")
+    frame = np.arange(1_000_000, dtype=np.float64).tobytes()
+    header = {"dtype": "<f8", "shape": [1_000_000]}
+    value = kt.from_wire(header, frame)
+    assert not value.flags.writeable and kt.coerce(value) is value   # kept as decoded
+    _, out = kt.to_wire(value)
+    assert out.obj is value or np.shares_memory(np.frombuffer(out, dtype=np.float64), value)
+    other = value.copy()
+    assert kt.equal(value, other)
+    other[-1] = -1.0
+    assert not kt.equal(value, other)
+    with_nan = np.array([1.0, np.nan])
+    assert kt.equal(with_nan, with_nan.copy())
