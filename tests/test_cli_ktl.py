@@ -231,7 +231,7 @@ def test_modify_spellings(harness: ServiceHarness, args: List[str], lines: List[
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == lines
     wanted = int(re.search(r"=\s*(\d+)", " ".join(args)).group(1))
-    wait_until(lambda: harness.dispatcher["COUNT"].value == wanted, 10)
+    wait_until(lambda: harness.dispatcher["COUNT"].binary == wanted, 10)
 
 
 def test_modify_value_that_looks_like_a_ktl_option(harness: ServiceHarness) -> None:
@@ -268,7 +268,7 @@ def test_modify_no_write_necessary_from_a_hook(harness: ServiceHarness) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["setting GATE = -5 (wait)",
                                           "GATE was already 1; nothing changed"]
-    assert harness.dispatcher["GATE"].value == 1
+    assert harness.dispatcher["GATE"].binary == 1
 
 
 def test_modify_reports_every_unknown_name_and_writes_nothing(harness: ServiceHarness) -> None:
@@ -278,7 +278,7 @@ def test_modify_reports_every_unknown_name_and_writes_nothing(harness: ServiceHa
     assert result.stderr.splitlines() == [
         "cauldron-zmq modify: error: service 'ktl' has no keyword 'NOPE'",
         "cauldron-zmq modify: error: service 'ktl' has no keyword 'NADA'"]
-    assert harness.dispatcher["COUNT"].value == 30
+    assert harness.dispatcher["COUNT"].binary == 30
 
 
 # ====================================================== -c and -v, anywhere
