@@ -21,6 +21,7 @@ _COMMANDS = (
     ("cauldron_zmq.commands.tools", "monitor"),
     ("cauldron_zmq.commands.tools", "list_"),
     ("cauldron_zmq.commands.keygen", "keygen"),
+    ("cauldron_zmq.commands.web", "web"),
 )
 
 
