@@ -180,17 +180,19 @@ class ServiceView:
             except CauldronError as exc:
                 log.warning("%s: priming read failed: %s", self.name, exc)
 
-    def reread(self) -> None:
-        """Read every keyword and publish what comes back (after a loss)."""
+    def reread(self, before: Dict[str, Dict[str, Any]], told_restart: bool) -> None:
+        """Read every keyword after a loss; the loop publishes what comes back."""
         tasks = [(kw, kw.read(wait=False, both=True)) for kw in self.keywords.values()
                  if kw["reads"]]
+        events = []
         for kw, task in tasks:
             try:
                 task.get()
             except CauldronError as exc:
                 log.info("%s: re-read after a loss failed: %s", kw.full_name, exc)
                 continue
-            self.loop.call_soon_threadsafe(self._publish, value_event(kw))
+            events.append(value_event(kw))
+        self._post(self._reread_done, events, before, told_restart)
 
     # ----------------------------------------------------- callback thread
     def _on_callback(self, kw: Any) -> None:
@@ -244,7 +246,23 @@ class ServiceView:
         for sub in list(self.subscribers):
             sub.offer(event, self.snapshot)
         self._rereads += 1
-        self.loop.run_in_executor(None, self.reread)
+        before = dict(self.latest)
+        self.loop.run_in_executor(None, self.reread, before, kind == "restart")
+
+    def _reread_done(self, events: List[Dict[str, Any]], before: Dict[str, Dict[str, Any]],
+                     told_restart: bool) -> None:
+        """Publish re-read values; first a restart the client could not see, if they show one.
+
+        The client learns of a restart from heartbeats, so it misses one when
+        it never heard the first incarnation's; the values tell anyway.
+        """
+        if not told_restart and any(renumbered(before.get(e["name"]), e) for e in events):
+            event = {"type": "restart", "reason": "the dispatcher restarted: its sequence "
+                     "numbers started again", "time": time.time()}
+            for sub in list(self.subscribers):
+                sub.offer(event, self.snapshot)
+        for event in events:
+            self._publish(event)
 
     def snapshot(self) -> List[Dict[str, Any]]:
         """The latest value event of every keyword."""
@@ -263,6 +281,19 @@ class ServiceView:
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
+
+
+def renumbered(old: Optional[Dict[str, Any]], new: Dict[str, Any]) -> bool:
+    """Whether ``new`` comes from another incarnation of the dispatcher than ``old``.
+
+    A dispatcher never gives one sequence number to two changes, and its
+    sequence numbers start again when it restarts.
+    """
+    if old is None or old.get("seq") is None or new.get("seq") is None:
+        return False
+    if new["seq"] < old["seq"]:
+        return True
+    return new["seq"] == old["seq"] and new.get("timestamp") != old.get("timestamp")
 
 
 def loss_kind(why: str, restarted: bool, was_down: bool) -> Optional[str]:

@@ -141,13 +141,15 @@ class GatewayProcess:
     """``cauldron-zmq web`` as a child process on a free loopback port."""
 
     def __init__(self, config_path: Any, *, allow_writes: bool = False,
-                 directory: Optional[Any] = None, timeout: float = 15.0) -> None:
+                 directory: Optional[Any] = None, timeout: float = 15.0,
+                 args: Tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "cauldron_zmq", "web", "-c", str(config_path),
                "--bind", f"127.0.0.1:{self.port}"]
         if allow_writes:
             cmd.append("--allow-writes")
+        cmd.extend(args)
         directory = Path(directory if directory is not None else Path(config_path).parent)
         self.log_path = directory / f"web-{self.port}.log"
         with open(self.log_path, "wb") as log:
