@@ -6,7 +6,7 @@ how to install it.  See docs/web.rst.
 from __future__ import annotations
 
 import sys
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import click
 
@@ -65,10 +65,16 @@ def web(config_path: Optional[str], bind: str, allow_writes: bool, verbose: int)
         return
     from ..web.app import create_app
     from ..web.gateway import Gateway
-    app = create_app(Gateway(config, allow_writes=allow_writes))
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, log_level="info" if verbose else "warning",
-        access_log=verbose >= 2, lifespan="on", timeout_graceful_shutdown=1))
+    gateway = Gateway(config, allow_writes=allow_writes)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            gateway.stopping = True           # event streams end, so shutdown is quick
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(
+        create_app(gateway), host=host, port=port, log_level="info" if verbose else "warning",
+        access_log=verbose >= 2, lifespan="on", timeout_graceful_shutdown=3))
     click.echo(f"cauldron-zmq web: serving http://{bind} for the router at "
                f"{config.router_address()}{' (writes allowed)' if allow_writes else ''}",
                err=True)

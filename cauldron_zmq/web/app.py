@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Dict
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -27,7 +28,9 @@ __all__ = ["create_app", "KEEPALIVE"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 KEEPALIVE = 15.0          # seconds between SSE comments on a quiet stream
+TICK = 0.5                # how often a quiet stream looks whether the server is stopping
 MAX_BODY = 1 << 20        # a PUT body larger than this is refused
+EXECUTOR_THREADS = 16     # concurrent blocking client calls
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -89,12 +92,17 @@ def create_app(gateway: Gateway) -> Starlette:
         async def stream() -> AsyncIterator[bytes]:
             try:
                 yield b"retry: 1000\n\n"
-                while True:
+                idle = 0.0
+                while not gateway.stopping:      # the server stopping ends the stream
                     try:
-                        event = await asyncio.wait_for(sub.queue.get(), KEEPALIVE)
+                        event = await asyncio.wait_for(sub.queue.get(), TICK)
                     except asyncio.TimeoutError:
-                        yield b": keepalive\n\n"
+                        idle += TICK
+                        if idle >= KEEPALIVE:
+                            idle = 0.0
+                            yield b": keepalive\n\n"
                         continue
+                    idle = 0.0
                     yield sse(event)
             finally:
                 view.unsubscribe(sub)
@@ -115,6 +123,9 @@ def create_app(gateway: Gateway) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Blocking client calls (up to a timeout each) get threads of their own.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="cauldron_zmq.web"))
         yield
         await asyncio.get_running_loop().run_in_executor(None, gateway.close)
 
@@ -134,10 +145,14 @@ def create_app(gateway: Gateway) -> Starlette:
 
 
 async def _body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise GatewayError(protocol.E_TOO_LARGE, f"the body is larger than {MAX_BODY} bytes",
-                           status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():     # never more than MAX_BODY in memory
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise GatewayError(protocol.E_TOO_LARGE, f"the body is larger than {MAX_BODY} "
+                                                     "bytes", status=413)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:

@@ -158,7 +158,6 @@ class ServiceView:
         self.history: Dict[str, Deque[Tuple[float, float]]] = {}
         self.subscribers: Set[Subscriber] = set()
         self._was_down = False
-        self._rereads = 0
 
     # ---------------------------------------------------- executor thread
     def start(self) -> None:
@@ -245,7 +244,6 @@ class ServiceView:
         event = {"type": kind, "reason": why, "time": time.time()}
         for sub in list(self.subscribers):
             sub.offer(event, self.snapshot)
-        self._rereads += 1
         before = dict(self.latest)
         self.loop.run_in_executor(None, self.reread, before, kind == "restart")
 
@@ -322,7 +320,7 @@ class Gateway:
         self._opening: Dict[str, asyncio.Lock] = {}
         self._router_lock = threading.Lock()
         self._router: Any = None
-        self._closed = False
+        self.stopping = False          # set when the server starts shutting down
 
     # ------------------------------------------------------------ the book
     async def book(self) -> Dict[str, Any]:
@@ -454,7 +452,6 @@ class Gateway:
 
     def close(self) -> None:
         """Shut every Service and the router client down (blocking)."""
-        self._closed = True
         views, self.views = list(self.views.values()), {}
         for view in views:
             view.svc.shutdown(timeout=2.0)

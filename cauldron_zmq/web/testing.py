@@ -243,3 +243,57 @@ def wait_for_text(driver: Any, selector: str, text: str, timeout: float = 5.0) -
         matches, f"{selector} showing {text!r}")
 
 
+
+
+# ------------------------------------------------------------------ screenshot
+
+def screenshot(path: Any, width: int = 1280, height: int = 560) -> Path:
+    """Run the demo service, give it some history, and save the service page as a PNG.
+
+    What scripts/screenshot-web runs, with the browser tests' own tooling.
+    """
+    import math as _math
+    import tempfile
+
+    from ..testing import ServiceHarness, wait_until
+    target = Path(path).resolve()
+    with tempfile.TemporaryDirectory(prefix="cauldron-zmq-shot-") as tmp:
+        keywords = Path(tmp) / "demo.toml"
+        keywords.write_text(DEMO_KEYWORDS)
+        with ServiceHarness(keywords, service="demo", subprocess=True) as h, \
+                GatewayProcess(h.config_path, allow_writes=True) as gw:
+            svc = h.client()
+            request(gw.base, "GET", "/api/services/demo")      # the gateway starts watching
+            for i in range(40):
+                svc["TEMP"].write(round(20 + 6 * _math.sin(i / 4.0) + 0.1 * i, 2))
+                svc["COUNT"].write(i // 3)
+            svc["MODE"].write("ON")
+            wait_until(lambda: request(gw.base, "GET", "/api/services/demo/keywords/COUNT")[1]
+                       ["value"] == 13, 10, 0.05, "the gateway caught up")
+            driver = headless_chromium(width, height)
+            try:
+                driver.get(gw.base + "/services/demo")
+                wait_for_text(driver, "#connection", "live", timeout=10)
+                from selenium.webdriver.common.by import By
+                from selenium.webdriver.common.keys import Keys
+                from selenium.webdriver.support.ui import WebDriverWait
+                WebDriverWait(driver, 10).until(lambda d: d.execute_script(
+                    "var l = document.querySelector('svg[data-chart=\"TEMP\"] polyline');"
+                    "return l && l.getAttribute('points').split(' ').length >= 20;"))
+                driver.find_element(By.CSS_SELECTOR, 'input[name="TEMP"]').send_keys(
+                    "99" + Keys.ENTER)
+                WebDriverWait(driver, 10).until(lambda d: d.find_element(
+                    By.CSS_SELECTOR, '[data-refusal="TEMP"]').text)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not driver.save_screenshot(str(target)):
+                    raise RuntimeError(f"could not save {target}")
+            finally:
+                driver.quit()
+    return target
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    out = screenshot(args[0] if args else "docs/web-service.png")
+    print(out)
+    return 0
