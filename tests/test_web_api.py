@@ -277,3 +277,14 @@ def test_without_the_extra_the_command_says_what_to_install(monkeypatch: Any) ->
     result = CliRunner().invoke(main, ["web"])
     assert result.exit_code == 1
     assert "pip install 'cauldron_zmq[web]'" in result.output
+
+
+def test_a_silent_router_is_a_timeout_and_the_page_says_so(own_harness: ServiceHarness) -> None:
+    with GatewayProcess(own_harness.config_path) as gw:
+        assert request(gw.base, "GET", "/api/services")[0] == 200
+        own_harness.stop_router()
+        status, body = request(gw.base, "GET", "/api/services")
+        assert (status, body["error"]) == (504, "timeout")
+        assert "router" in body["message"]
+        status, page = request(gw.base, "GET", "/")
+        assert status == 200 and 'id="router-state">down<' in page

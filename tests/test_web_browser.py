@@ -130,3 +130,23 @@ def test_numeric_keywords_have_a_chart(browser: Any, gateway: GatewayProcess,
         "return l && l.getAttribute('points').split(' ').length >= 3 && l.getAttribute('points');"))
     assert points
     assert not browser.find_elements(By.CSS_SELECTOR, 'svg[data-chart="LABEL"]')
+
+
+def test_a_dead_dispatcher_is_shown_down_on_both_pages(browser: Any,
+                                                       tmp_path_factory: Any) -> None:
+    directory = tmp_path_factory.mktemp("web-down")
+    keywords = directory / "demo.toml"
+    keywords.write_text(DEMO_KEYWORDS)
+    with ServiceHarness(keywords, service="demo", subprocess=True) as h, \
+            GatewayProcess(h.config_path) as gw:
+        _open_service(browser, gw)
+        assert not browser.find_elements(By.CSS_SELECTOR, "form[data-write]")   # read only
+        h.kill_dispatcher()
+        WebDriverWait(browser, 10).until(lambda d: "down" in d.find_element(
+            By.CSS_SELECTOR, 'tr[data-row="TEMP"]').get_attribute("class"))
+        assert browser.find_element(By.CSS_SELECTOR, '[data-down="TEMP"]').is_displayed()
+        assert browser.execute_script("return window.__not_reloaded === true;")
+        browser.get(gw.base + "/")
+        browser.execute_script("window.__not_reloaded = true;")
+        wait_for_text(browser, 'tr[data-service="demo"] [data-state]', "stale", timeout=15)
+        assert browser.execute_script("return window.__not_reloaded === true;")

@@ -239,7 +239,9 @@ def wait_for_text(driver: Any, selector: str, text: str, timeout: float = 5.0) -
             if el.text == text:
                 return el
         return False
-    return WebDriverWait(driver, timeout, poll_frequency=0.02).until(
+    from selenium.common.exceptions import StaleElementReferenceException
+    return WebDriverWait(driver, timeout, poll_frequency=0.02,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
         matches, f"{selector} showing {text!r}")
 
 

@@ -51,40 +51,60 @@
     return td;
   }
 
+  // Rows are updated in place (kept by service and dispatcher), never rebuilt:
+  // an element someone holds stays in the page.
+  function dispatcherRow(body, svc, d) {
+    var rows = body.querySelectorAll("tr[data-service]");
+    for (var i = 0; i < rows.length; i++) {
+      if (rows[i].getAttribute("data-service") === svc &&
+          rows[i].getAttribute("data-dispatcher") === d) { return rows[i]; }
+    }
+    var tr = document.createElement("tr");
+    tr.setAttribute("data-service", svc);
+    tr.setAttribute("data-dispatcher", d);
+    var td = document.createElement("td");
+    var a = document.createElement("a");
+    a.href = "/services/" + encodeURIComponent(svc);
+    setText(a, svc);
+    td.appendChild(a);
+    tr.appendChild(td);
+    cell(tr, d);
+    cell(tr, "", "state").setAttribute("data-state", "");
+    cell(tr, "");
+    cell(tr, "");
+    cell(tr, "");
+    cell(tr, "", "age");
+    body.appendChild(tr);
+    return tr;
+  }
+
   function renderBook(book) {
     var body = document.getElementById("services");
-    var rows = document.createDocumentFragment();
-    var count = 0;
+    var keep = [];
     book.services.forEach(function (svc) {
       svc.dispatchers.forEach(function (d) {
-        var tr = document.createElement("tr");
-        tr.setAttribute("data-service", svc.name);
-        tr.setAttribute("data-dispatcher", d.name);
-        var td = document.createElement("td");
-        var a = document.createElement("a");
-        a.href = "/services/" + encodeURIComponent(svc.name);
-        setText(a, svc.name);
-        td.appendChild(a);
-        tr.appendChild(td);
-        cell(tr, d.name);
-        var st = cell(tr, d.state, "state state-" + d.state);
-        st.setAttribute("data-state", "");
-        cell(tr, d.host);
-        cell(tr, d.dispatch_port);
-        cell(tr, d.broadcast_port);
-        cell(tr, age(d.heartbeat_age), "age");
-        rows.appendChild(tr);
-        count++;
+        var tr = dispatcherRow(body, svc.name, d.name);
+        var cells = tr.children;
+        setText(cells[2], d.state);
+        cells[2].className = "state state-" + d.state;
+        setText(cells[3], d.host);
+        setText(cells[4], d.dispatch_port);
+        setText(cells[5], d.broadcast_port);
+        setText(cells[6], age(d.heartbeat_age));
+        keep.push(tr);
       });
     });
-    if (!count) {
+    Array.prototype.slice.call(body.children).forEach(function (tr) {
+      if (keep.indexOf(tr) < 0 && !(tr.className === "empty" && !keep.length)) {
+        body.removeChild(tr);
+      }
+    });
+    if (!keep.length && !body.querySelector("tr.empty")) {
       var tr = document.createElement("tr");
       tr.className = "empty";
-      var td = cell(tr, "no dispatcher registered");
-      td.colSpan = 7;
-      rows.appendChild(tr);
+      cell(tr, "no dispatcher registered").colSpan = 7;
+      body.appendChild(tr);
     }
-    body.replaceChildren ? body.replaceChildren(rows) : (body.innerHTML = "", body.appendChild(rows));
   }
 
   function refreshStatus() {
