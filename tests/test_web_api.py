@@ -158,6 +158,10 @@ def test_events_start_with_every_value_then_follow_updates(gateway: GatewayProce
         client["COUNT"].write(41)
         seen = events.until(lambda e: e.get("name") == "COUNT" and e["value"] == 41)
         assert seen[-1]["ascii"] == "41" and isinstance(seen[-1]["seq"], int)
+        assert request(gateway.base, "GET", "/api/services/demo")[1]["subscribers"] >= 1
+    # A subscriber that goes away is forgotten (nothing grows with abandoned streams).
+    wait_until(lambda: request(gateway.base, "GET", "/api/services/demo")[1]["subscribers"] == 0,
+               10, 0.05, "the closed stream forgotten")
 
 
 def test_events_of_an_unknown_service_are_404(gateway: GatewayProcess) -> None:

@@ -21,8 +21,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .. import protocol
 from ..config import Config
-from ..errors import (CauldronError, ConversionError, DispatcherRestarted, RemoteError,
-                      ServiceNotFound, TimeoutError)
+from ..errors import (AuthenticationError, CauldronError, ConversionError, DispatcherRestarted,
+                      RemoteError, ServiceNotFound, TimeoutError)
 
 __all__ = ["Gateway", "GatewayError", "ServiceView", "error_for", "E_DOWN", "E_TIMEOUT",
            "E_WRITES_DISABLED"]
@@ -69,6 +69,8 @@ def error_for(exc: BaseException) -> GatewayError:
         return GatewayError(protocol.E_NOT_FOUND, str(exc))
     if isinstance(exc, UnknownKeyword):
         return GatewayError(protocol.E_UNKNOWN_KEYWORD, str(exc))
+    if isinstance(exc, AuthenticationError):     # the gateway's own key was refused
+        return GatewayError(protocol.E_NOT_ALLOWED, str(exc), status=502)
     if isinstance(exc, RemoteError):
         return GatewayError(exc.code, exc.message)
     if isinstance(exc, TimeoutError):
@@ -317,7 +319,7 @@ class Gateway:
         self.config = config
         self.allow_writes = allow_writes
         self.views: Dict[str, ServiceView] = {}
-        self._opening: Dict[str, asyncio.Lock] = {}
+        self._opening: Dict[str, "asyncio.Future[ServiceView]"] = {}
         self._router_lock = threading.Lock()
         self._router: Any = None
         self.stopping = False          # set when the server starts shutting down
@@ -354,13 +356,12 @@ class Gateway:
         view = self.views.get(key)
         if view is not None:
             return view
-        lock = self._opening.setdefault(key, asyncio.Lock())
-        async with lock:
-            view = self.views.get(key)
-            if view is None:
-                view = await self._open(key)
-                self.views[key] = view
-        return view
+        opening = self._opening.get(key)       # one opening per service, however many ask
+        if opening is None:
+            opening = asyncio.ensure_future(self._open(key))
+            self._opening[key] = opening
+            opening.add_done_callback(lambda _: self._opening.pop(key, None))
+        return await asyncio.shield(opening)    # a client going away does not cancel it
 
     async def _open(self, key: str) -> ServiceView:
         from ..ktl import Service
@@ -376,6 +377,7 @@ class Gateway:
         except BaseException:
             await self._run(svc.shutdown)
             raise
+        self.views[key] = view
         return view
 
     async def keyword(self, service: str, keyword: str) -> Tuple[ServiceView, Any]:
@@ -401,6 +403,7 @@ class Gateway:
                 item["history"] = [list(p) for p in view.history.get(name, ())]
             keywords.append(item)
         return {"name": view.name, "allow_writes": self.allow_writes,
+                "subscribers": len(view.subscribers),
                 "alive": all(k["connected"] for k in keywords) if keywords else False,
                 "keywords": keywords}
 
