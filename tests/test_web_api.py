@@ -143,6 +143,9 @@ def test_writes_are_refused_unless_allowed(readonly_gateway: GatewayProcess,
     assert status == 403 and body["error"] == "not-allowed"
     assert "--allow-writes" in body["message"]
     assert client["COUNT"].read() == before
+    status, body = request(readonly_gateway.base, "PUT", "/api/services/demo/keywords/NOSUCH",
+                           {"value": 99})
+    assert (status, body["error"]) == (404, "unknown-keyword")     # names first
 
 
 # ------------------------------------------------------------------ events

@@ -239,13 +239,18 @@ class ServiceView:
         series.append((stamp, number))
 
     def _loss(self, why: str, restarted: bool) -> None:
+        """Tell subscribers of a loss, then re-read everything.
+
+        Even a re-sync that is no news by itself (a re-connection the client
+        did not see as a restart) is followed by a re-read: the values show
+        a restart the heartbeats could not (see _reread_done).
+        """
         kind = loss_kind(why, restarted, self._was_down)
-        if kind is None:
-            return
-        self._was_down = False
-        event = {"type": kind, "reason": why, "time": time.time()}
-        for sub in list(self.subscribers):
-            sub.offer(event, self.snapshot)
+        if kind is not None:
+            self._was_down = False
+            event = {"type": kind, "reason": why, "time": time.time()}
+            for sub in list(self.subscribers):
+                sub.offer(event, self.snapshot)
         before = dict(self.latest)
         self.loop.run_in_executor(None, self.reread, before, kind == "restart")
 
@@ -418,13 +423,13 @@ class Gateway:
 
     async def write(self, service: str, keyword: str, body: Any) -> Dict[str, Any]:
         """Write ``{"value": native}`` or ``{"ascii": text}``; the value as applied."""
+        view, kw = await self.keyword(service, keyword)      # 404 before 403 before 400
         if not self.allow_writes:
             raise GatewayError(E_WRITES_DISABLED, "writes are not enabled on this gateway "
                                                   "(start it with --allow-writes)")
-        view, kw = await self.keyword(service, keyword)
-        value = write_argument(body)
         if not kw["writes"]:
             raise GatewayError(protocol.E_READ_ONLY, f"{kw.full_name} is read-only")
+        value = write_argument(body)
         self._check_up(kw)
         text = await self._run(lambda: kw.write(value))
         state = kw._view()

@@ -116,14 +116,14 @@ def _keyword_row(kw: Dict[str, Any], allow_writes: bool) -> str:
         f"<td class=\"value\"><span class=\"value\" data-keyword=\"{_e(name)}\">"
         f"{_e(format_value(kw.get('ascii')))}</span> "
         f"<span class=\"units\">{_e(kw.get('units'))}</span>"
-        f"<span class=\"down-badge\" data-down=\"{_e(name)}\">dispatcher down</span></td>"
+        f"<span class=\"down-badge\" data-down=\"{_e(name)}\">dispatcher down</span>"
+        f"{write}</td>"
         f"<td class=\"chart\">{chart}</td>"
         f"<td class=\"time\" data-time=\"{_e(name)}\">{_e(_timestamp(kw.get('timestamp')))}</td>"
         f"<td class=\"type\">{_e(kw.get('type'))}</td>"
         f"<td class=\"range\">{_e(_range(kw))}</td>"
         f"<td class=\"flags\">{_e(flags)}</td>"
-        f"<td class=\"description\">{_e(kw.get('description'))}</td>"
-        f"<td class=\"input\">{write}</td></tr>")
+        f"<td class=\"description\">{_e(kw.get('description'))}</td></tr>")
 
 
 def service_page(service: Dict[str, Any]) -> str:
@@ -132,9 +132,10 @@ def service_page(service: Dict[str, Any]) -> str:
     rows = "".join(_keyword_row(kw, allow) for kw in service["keywords"])
     body = (
         "<section class=\"keywords\">"
-        "<table><thead><tr><th>keyword</th><th>value</th><th>recent</th><th>time</th>"
-        "<th>type</th><th>range</th><th>flags</th><th>description</th>"
-        f"<th>{'write' if allow else ''}</th></tr></thead>"
+        "<table><thead><tr><th>keyword</th>"
+        f"<th>value{' (type a new one, then Enter)' if allow else ''}</th>"
+        "<th>recent</th><th>time</th><th>type</th><th>range</th><th>flags</th>"
+        "<th>description</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></section>\n"
         "<section class=\"log\"><h2>Events</h2><ol id=\"log\"></ol></section>")
     attrs = (f" data-page=\"service\" data-service=\"{_e(service['name'])}\" "
