@@ -15,7 +15,6 @@ import asyncio
 import collections
 import logging
 import math
-import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
@@ -325,8 +324,6 @@ class Gateway:
         self.allow_writes = allow_writes
         self.views: Dict[str, ServiceView] = {}
         self._opening: Dict[str, "asyncio.Future[ServiceView]"] = {}
-        self._router_lock = threading.Lock()
-        self._router: Any = None
         self.stopping = False          # set when the server starts shutting down
 
     # ------------------------------------------------------------ the book
@@ -346,11 +343,10 @@ class Gateway:
                              for name in sorted(services)]}
 
     def _list(self) -> Dict[str, Any]:
+        """The router's ``list``, on a socket made, used and closed in this thread."""
         from ..router import RouterClient
-        with self._router_lock:     # one socket, one thread at a time
-            if self._router is None:
-                self._router = RouterClient(self.config)
-            return self._router.list()
+        with RouterClient(self.config) as client:
+            return client.list()
 
     # ------------------------------------------------------------ services
     async def view(self, name: str) -> ServiceView:
@@ -459,14 +455,10 @@ class Gateway:
             raise error_for(exc) from None
 
     def close(self) -> None:
-        """Shut every Service and the router client down (blocking)."""
+        """Shut every Service down (blocking)."""
         views, self.views = list(self.views.values()), {}
         for view in views:
             view.svc.shutdown(timeout=2.0)
-        with self._router_lock:
-            if self._router is not None:
-                self._router.close()
-                self._router = None
 
 
 def write_argument(body: Any) -> Any:

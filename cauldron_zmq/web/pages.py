@@ -133,7 +133,7 @@ def service_page(service: Dict[str, Any]) -> str:
     body = (
         "<section class=\"keywords\">"
         "<table><thead><tr><th>keyword</th>"
-        f"<th>value{' (type a new one, then Enter)' if allow else ''}</th>"
+        "<th>value</th>"
         "<th>recent</th><th>time</th><th>type</th><th>range</th><th>flags</th>"
         "<th>description</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></section>\n"

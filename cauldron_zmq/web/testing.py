@@ -249,7 +249,7 @@ def wait_for_text(driver: Any, selector: str, text: str, timeout: float = 5.0) -
 
 # ------------------------------------------------------------------ screenshot
 
-def screenshot(path: Any, width: int = 1280, height: int = 560) -> Path:
+def screenshot(path: Any, width: int = 1280, height: int = 640) -> Path:
     """Run the demo service, give it some history, and save the service page as a PNG.
 
     What scripts/screenshot-web runs, with the browser tests' own tooling.
