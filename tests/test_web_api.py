@@ -295,3 +295,19 @@ def test_a_silent_router_is_a_timeout_and_the_page_says_so(own_harness: ServiceH
         assert "router" in body["message"]
         status, page = request(gw.base, "GET", "/")
         assert status == 200 and 'id="router-state">down<' in page
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Any) -> None:
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "cauldron_zmq", "web", "--bind",
+                                 f"127.0.0.1:{port}"], capture_output=True, text=True,
+                                timeout=60, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"could not serve on 127.0.0.1:{port}" in result.stderr
+    assert "address already in use" in result.stderr and "Traceback" not in result.stderr

@@ -67,7 +67,15 @@ def web(config_path: Optional[str], bind: str, allow_writes: bool, verbose: int)
     from ..web.gateway import Gateway
     gateway = Gateway(config, allow_writes=allow_writes)
 
+    note = " (writes allowed)" if allow_writes else ""
+
     class Server(uvicorn.Server):
+        async def startup(self, *args: Any, **kwargs: Any) -> None:
+            await super().startup(*args, **kwargs)
+            if self.started:
+                click.echo(f"cauldron-zmq web: serving http://{bind} for the router at "
+                           f"{config.router_address()}{note}", err=True)
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             gateway.stopping = True           # event streams end, so shutdown is quick
             super().handle_exit(sig, frame)
@@ -75,9 +83,11 @@ def web(config_path: Optional[str], bind: str, allow_writes: bool, verbose: int)
     server = Server(uvicorn.Config(
         create_app(gateway), host=host, port=port, log_level="info" if verbose else "warning",
         access_log=verbose >= 2, lifespan="on", timeout_graceful_shutdown=3))
-    click.echo(f"cauldron-zmq web: serving http://{bind} for the router at "
-               f"{config.router_address()}{' (writes allowed)' if allow_writes else ''}",
-               err=True)
-    server.run()
+    try:
+        server.run()
+    except SystemExit as exc:                 # uvicorn's exit status 3: could not start
+        if exc.code not in (0, None):
+            _fail(f"could not serve on {bind} (see the message above)")
+        raise
     if not server.started:
-        _fail(f"could not serve on {bind} (is the port in use?)")
+        _fail(f"could not serve on {bind} (see the message above)")
