@@ -311,3 +311,26 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Any) -> None:
     assert result.returncode == 1
     assert f"could not serve on 127.0.0.1:{port}" in result.stderr
     assert "address already in use" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_client_tells_loss_listeners_on_its_callback_thread(
+        own_harness: ServiceHarness) -> None:
+    import threading
+    calls: List[Any] = []
+    svc = own_harness.client()
+    temp = svc["TEMP"]
+    temp.monitor()
+    svc.add_loss_listener(lambda why, restarted: calls.append(
+        (why, restarted, threading.current_thread().name)))
+    own_harness.signal_dispatcher(signal.SIGSTOP)          # silent, then back:
+    wait_until(lambda: not temp["connected"], 10, 0.02, "TEMP disconnected")
+    own_harness.signal_dispatcher(signal.SIGCONT)          # a re-sync, not a restart
+    wait_until(lambda: calls, 10, 0.02, "a loss listener call")
+    assert all(not restarted for _, restarted, _ in calls)
+    assert all(name.endswith(".callbacks") for _, _, name in calls)
+    own_harness.kill_dispatcher()
+    own_harness.start_dispatcher()
+    wait_until(lambda: any(restarted for _, restarted, _ in calls), 15, 0.02,
+               "a restart told")
+    with pytest.raises(TypeError):
+        svc.add_loss_listener("not callable")   # type: ignore[arg-type]
