@@ -35,7 +35,7 @@ E_WRITES_DISABLED = protocol.E_NOT_ALLOWED   # --allow-writes is off
 
 HISTORY = 120                       # recent values kept per numeric keyword (charts)
 QUEUE_MIN = 256                     # events a subscriber may lag behind, at least
-NUMERIC = ("integer", "int", "double", "float", "boolean", "enumerated", "enumm", "mask")
+NUMERIC = ("integer", "double", "boolean", "enumerated", "mask")   # charted scalars
 
 _STATUS = {
     protocol.E_INVALID: 400, protocol.E_REQUEST: 400, protocol.E_JSON: 400,

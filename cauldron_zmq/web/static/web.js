@@ -16,12 +16,16 @@
     el.className = "connection " + (ok ? "ok" : "lost");
   }
 
+  // The first element carrying attr="name", looked up once (pages have many keywords).
+  var index = {};
   function byAttr(attr, name) {
-    var all = document.querySelectorAll("[" + attr + "]");
-    for (var i = 0; i < all.length; i++) {
-      if (all[i].getAttribute(attr) === name) { return all[i]; }
+    var map = index[attr];
+    if (!map) {
+      map = index[attr] = {};
+      var all = document.querySelectorAll("[" + attr + "]");
+      for (var i = all.length - 1; i >= 0; i--) { map[all[i].getAttribute(attr)] = all[i]; }
     }
-    return null;
+    return Object.prototype.hasOwnProperty.call(map, name) ? map[name] : null;
   }
 
   function clock(stamp) {
