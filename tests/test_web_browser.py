@@ -141,12 +141,12 @@ def test_a_dead_dispatcher_is_shown_down_on_both_pages(browser: Any,
             GatewayProcess(h.config_path) as gw:
         _open_service(browser, gw)
         assert not browser.find_elements(By.CSS_SELECTOR, "form[data-write]")   # read only
-        h.kill_dispatcher()
+        h.stop_dispatcher()            # a clean stop: it unregisters, the router says down
         WebDriverWait(browser, 10).until(lambda d: "down" in d.find_element(
             By.CSS_SELECTOR, 'tr[data-row="TEMP"]').get_attribute("class"))
         assert browser.find_element(By.CSS_SELECTOR, '[data-down="TEMP"]').is_displayed()
         assert browser.execute_script("return window.__not_reloaded === true;")
         browser.get(gw.base + "/")
         browser.execute_script("window.__not_reloaded = true;")
-        wait_for_text(browser, 'tr[data-service="demo"] [data-state]', "stale", timeout=15)
+        wait_for_text(browser, 'tr[data-service="demo"] [data-state]', "down", timeout=10)
         assert browser.execute_script("return window.__not_reloaded === true;")
