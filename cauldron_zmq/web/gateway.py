@@ -182,16 +182,19 @@ class ServiceView:
 
     def reread(self, before: Dict[str, Dict[str, Any]], told_restart: bool) -> None:
         """Read every keyword after a loss; the loop publishes what comes back."""
-        tasks = [(kw, kw.read(wait=False, both=True)) for kw in self.keywords.values()
-                 if kw["reads"]]
         events = []
-        for kw, task in tasks:
-            try:
-                task.get()
-            except CauldronError as exc:
-                log.info("%s: re-read after a loss failed: %s", kw.full_name, exc)
-                continue
-            events.append(value_event(kw))
+        try:
+            tasks = [(kw, kw.read(wait=False, both=True)) for kw in self.keywords.values()
+                     if kw["reads"]]
+            for kw, task in tasks:
+                try:
+                    task.get()
+                except CauldronError as exc:
+                    log.info("%s: re-read after a loss failed: %s", kw.full_name, exc)
+                    continue
+                events.append(value_event(kw))
+        except CauldronError as exc:      # e.g. the Service shut down under us
+            log.info("%s: re-read after a loss stopped: %s", self.name, exc)
         self._post(self._reread_done, events, before, told_restart)
 
     # ----------------------------------------------------- callback thread
