@@ -29,6 +29,7 @@ _COMMANDS = (
     ("cauldron_zmq.commands.keygen", "keygen"),
     ("cauldron_zmq.commands.book", "forget"),
     ("cauldron_zmq.commands.book", "unblock"),
+    ("cauldron_zmq.commands.web", "web"),
 )
 
 _VERBOSE = re.compile(r"-v+|--verbose")

@@ -398,6 +398,7 @@ class _Engine:
         self.router_timeout = config.router.timeout / 1000.0
         self.lookup_schedule: Schedule = LOOKUP
         self.callbacks = _CallbackRunner(f"cauldron_zmq.client.{service}.callbacks", logger)
+        self.loss_listeners: List[Callable[[str, bool], Any]] = []   # Service.add_loss_listener
         self._inbox: "queue.SimpleQueue[Callable[[], Any]]" = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -1077,6 +1078,8 @@ class _Engine:
         """Re-read what is monitored, waited on or polled, after a possible loss."""
         if link.refused:          # nothing gets through; the next user request retries
             return
+        for listener in self.loss_listeners:     # queued before the re-reads' callbacks
+            self.callbacks.call(lambda fn=listener: fn(why, restarted))
         kws = [kw for name, kw in self.kwobjs.items() if self.owner.get(name) is link]
         if restarted:
             self.log.info("%s: %s", link.describe(), why)
@@ -2208,6 +2211,20 @@ class Service:
             {"dispatcher": link.name, "address": link.dispatch_address,
              "broadcast": link.broadcast_address, "alive": link.alive,
              "keywords": len(link.keywords)} for link in engine.links.values()])
+
+    def add_loss_listener(self, listener: Callable[[str, bool], Any]) -> None:
+        """Call ``listener(why, restarted)`` whenever the client re-syncs after a possible loss.
+
+        For gateways that must not hide loss from their own subscribers: it
+        runs on the callback thread, before the callbacks of the values the
+        client re-reads.  ``restarted`` is True for a dispatcher restart;
+        ``why`` says what was noticed ("lost broadcasts (...)", "broadcast
+        socket connected", ...).
+        """
+        if not callable(listener):
+            raise TypeError(f"loss listener {listener!r} is not callable")
+        engine = self._engine_or_raise()
+        engine.post(lambda: engine.loss_listeners.append(listener))
 
     # ------------------------------------------------------------ lifecycle
     def shutdown(self, timeout: float = 5.0) -> None:
