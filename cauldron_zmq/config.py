@@ -51,6 +51,7 @@ __all__ = [
     "connect_host",
     "bind_host",
     "endpoint",
+    "split_replica",
 ]
 
 ENV_VAR = "CAULDRON_ZMQ_CONFIG"
@@ -215,6 +216,34 @@ def _key_table(value: Any) -> FrozenMap:
     return FrozenMap(sorted(out.items()))
 _millis = _integer(1, None, "a positive integer number of milliseconds")
 
+_REPLICA = ("a list of further routers as \"host:port\" strings (tcp; \"[::1]:6510\" for "
+            "IPv6), or ipc socket paths")
+
+
+def _replicas(value: Any) -> Tuple[str, ...]:
+    """``["host:port", ...]``: the installation's other routers (see :func:`split_replica`).
+
+    The shape is checked here; whether an entry must be ``host:port`` (tcp)
+    or a path (ipc) depends on ``protocol`` and is checked with it.
+    """
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip()
+                                                       for v in value):
+        raise _Invalid(_REPLICA)
+    out = tuple(v.strip() for v in value)
+    if len(set(out)) != len(out):
+        raise _Invalid(_REPLICA + ", each named once")
+    return out
+
+
+def split_replica(text: str) -> Tuple[str, int]:
+    """``"host:port"`` -> (host, port); ``"[::1]:6510"`` -> ("::1", 6510); ValueError if bad."""
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host.strip() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not host:port with a port 1..65535")
+    return host.strip(), int(port)
+
 
 def _option(default: Any, check: Check) -> Any:
     """A dataclass field carrying the check that validates its TOML value."""
@@ -262,6 +291,7 @@ class RouterConfig:
     state_file: Optional[str] = _option(None, _path)
     heartbeat: float = _option(2.0, _seconds)
     expiry: float = _option(10.0, _seconds)
+    replicas: Tuple[str, ...] = _option((), _replicas)
 
 
 @dataclass(frozen=True)
@@ -312,6 +342,24 @@ class Config:
         if router.protocol == "ipc":
             return f"ipc://{router.host}"
         return endpoint(router.protocol, router.host, router.port, bind=False)
+
+    def router_addresses(self) -> List[str]:
+        """Every router of the installation: :meth:`router_address`, then ``replicas``.
+
+        A replica that names this configuration's own router is left out, so
+        every host of an installation can list all routers in ``replicas``.
+        """
+        router = self.router
+        addresses = [self.router_address()]
+        for text in router.replicas:
+            if router.protocol == "ipc":
+                address = f"ipc://{text}"
+            else:
+                host, port = split_replica(text)
+                address = endpoint("tcp", host, port, bind=False)
+            if address not in addresses:
+                addresses.append(address)
+        return addresses
 
     def replace(self, **sections: Any) -> "Config":
         """A new, re-validated Config with some keys changed.
@@ -445,6 +493,13 @@ def _check_router(router: RouterConfig, source: str) -> None:
         raise _error(source, section, "expiry",
                      f"a number of seconds greater than heartbeat ({router.heartbeat!r})",
                      router.expiry)
+    if router.protocol == "tcp":
+        for text in router.replicas:
+            try:
+                split_replica(text)
+            except ValueError as exc:
+                raise _error(source, section, "replicas", f"{_REPLICA}; {exc}",
+                             list(router.replicas)) from None
 
 
 def _check_security(security: SecurityConfig, source: str) -> None:
