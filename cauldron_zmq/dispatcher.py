@@ -422,6 +422,7 @@ class Service:
         self._io = _IOThread(self)
         self._io.start()
         if self.config.router.enable:
+            self._registered_at: Set[str] = set()
             self._register_and_bind()
             self._registrar = _Registrar(self)
             self._registrar.start()
@@ -554,8 +555,10 @@ class Service:
 
     def _register(self, client: Any, prefer: Optional[Tuple[int, int]] = None,
                   avoid: Sequence[int] = (), ready: bool = True) -> Tuple[int, int]:
-        result = client.request("register", self.name,
-                                self._registration_payload(prefer, avoid, ready))
+        payload = self._registration_payload(prefer, avoid, ready)
+        if prefer is not None and len(client.addresses) > 1:
+            payload["strict"] = True    # bound (or about to be): that pair or a conflict
+        result = client.request("register", self.name, payload)
         self._held_by = result.get("held_by") if isinstance(result.get("held_by"), dict) \
             else None
         return int(result["dispatch_port"]), int(result["broadcast_port"])
@@ -563,9 +566,8 @@ class Service:
     def _register_and_bind(self) -> None:
         """Reserve a pair (spawning a router if none answers), bind it, then register:
         look-ups never return a dispatcher that does not listen yet."""
-        from .router import RouterClient
         assert self._context is not None
-        client = RouterClient(self.config, context=self._context)
+        client = _Routers(self.config, self._context)
         try:
             ports = self._first_registration(client)
             try:
@@ -578,10 +580,15 @@ class Service:
             client.close()
 
     def _announce(self, client: Any) -> None:
-        """Bound: register for real (``ready``), keeping the pair we listen on."""
+        """Bound: register for real (``ready``), keeping the pair we listen on.
+
+        The routers that answered are remembered (``_registered_at``): the
+        registrar registers with the others at once.
+        """
         for _attempt in range(MAX_BIND_ATTEMPTS):
             ports = self._register(client, prefer=self._ports)
             if ports == self._ports:
+                self._registered_at = client.accepted(ports)
                 return
             self.log.warning("the router gave a new pair %d/%d; moving there", *ports)
             self._bind_registered(client, ports, serving=False)
@@ -1338,21 +1345,96 @@ def _log_hook_error(hook_errors: RepeatLog, kw: Keyword, exc: BaseException) -> 
 # The registrar
 # =============================================================================
 
-class _Registrar:
-    """Heartbeats to the router from a thread that owns its own RouterClient.
+class _Routers:
+    """Every router of the installation (``[zmq-router] replicas``), asked at once.
 
-    ``not-found`` (the router restarted with an empty book, or expired us)
-    means: register again, preferring the pair we hold.  A router that does
-    not answer is logged once and tried again every heartbeat.  On stop it
-    unregisters, so look-ups stop returning this dispatcher.
+    Used from one thread (begin()'s, then the registrar's), one
+    RouterClient per router.  :meth:`request` returns the first good answer,
+    so the first router to answer a reservation allocates the pair; the
+    registrar then registers with the others strictly (that pair or a
+    conflict).  With one router it behaves as a plain RouterClient.
+    """
+
+    def __init__(self, config: Config, context: zmq.Context) -> None:
+        from .router import RouterClient
+        self.timeout = config.router.timeout
+        self.clients = [RouterClient(config, address=a, context=context)
+                        for a in config.router_addresses()]
+        self.addresses = [c.address for c in self.clients]
+        self.last: Dict[str, Any] = {}
+
+    def ask(self, command: str, target: str, payload: Any = None, *, first: bool = False,
+            requests: Optional[Dict[str, Tuple[str, Any]]] = None,
+            timeout: Optional[int] = None) -> Dict[str, Any]:
+        """address -> result or exception (:func:`cauldron_zmq.router.ask_routers`)."""
+        from .router import ask_routers
+        clients = self.clients if requests is None else \
+            [c for c in self.clients if c.address in requests]
+        self.last = ask_routers(clients, command, target, payload, first=first,
+                                requests=requests, timeout=timeout or self.timeout)
+        return self.last
+
+    def request(self, command: str, target: str = "", payload: Any = None,
+                timeout: Optional[int] = None) -> Dict[str, Any]:
+        """The first good answer of any router; else the most telling error."""
+        from .router import first_good
+        answers = self.ask(command, target, payload, first=True, timeout=timeout)
+        return first_good(answers, command, target, timeout or self.timeout)
+
+    def accepted(self, ports: Tuple[int, int]) -> Set[str]:
+        """The routers whose last answer gave ``ports``."""
+        return {a for a, r in self.last.items() if isinstance(r, dict) and
+                (r.get("dispatch_port"), r.get("broadcast_port")) == tuple(ports)}
+
+    def unregister(self, service: str, dispatcher: str, instance: Optional[str] = None,
+                   timeout: Optional[int] = None) -> Dict[str, Any]:
+        """Unregister at every router (all asked at once; waits for each)."""
+        from .router import first_good
+        payload: Dict[str, Any] = {"dispatcher": dispatcher}
+        if instance is not None:
+            payload["instance"] = instance
+        answers = self.ask("unregister", service, payload, timeout=timeout)
+        return first_good(answers, "unregister", service, timeout or self.timeout)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+
+SPAWN_RETRY = 10.0      # seconds between two replacement routers started by one dispatcher
+SPAWN_SETTLE = 0.3      # seconds a replacement router is given before it is asked
+
+
+class _Registrar:
+    """Registers and heartbeats with every router, from a thread of its own.
+
+    One :class:`~cauldron_zmq.replicas.RouterLink` per router: the pure
+    :func:`~cauldron_zmq.replicas.plan` says what each is sent (heartbeat,
+    or register where it does not know us: ``not-found`` means the router
+    restarted with an empty book or expired us), :func:`~cauldron_zmq.replicas.record`
+    what its answer means.  All are asked at once, so a dead router delays
+    nobody.  A silent router is logged once and tried again every heartbeat;
+    a refusing one (another dispatcher holds our pair there) is logged, reported
+    to the others and retried with back-off.  When no router answers and
+    ``allow-spawn`` is on, it starts a replacement router process (the bind
+    decides which dispatcher's serves).  On stop it unregisters everywhere.
     """
 
     def __init__(self, service: Service) -> None:
+        from .replicas import RouterLink
         self.svc = service
         self.log = service.log
         self._wake = threading.Event()
         self._stopping = False
         self._reregister = False
+        self._interval = service.config.router.heartbeat
+        now = time.monotonic()
+        done = getattr(service, "_registered_at", set())
+        self._links = [RouterLink(a, registered=a in done,
+                                  due=now + self._interval if a in done else now)
+                       for a in service.config.router_addresses()]
+        self._last_spawn: Optional[float] = None
+        self._spawn_cleanup: Optional[Callable[[], None]] = None
         self._thread = threading.Thread(
             target=self._run, daemon=True,
             name=f"cauldron-{service.name}-{service.dispatcher}-registrar")
@@ -1372,65 +1454,124 @@ class _Registrar:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        from .router import RouterClient
         svc = self.svc
         assert svc._context is not None
-        client = RouterClient(svc.config, context=svc._context)
+        routers = _Routers(svc.config, svc._context)
         try:
-            self._beat_until_stopped(client)
+            self._beat_until_stopped(routers)
             try:
-                client.unregister(svc.name, svc.dispatcher, instance=svc._instance)
+                routers.unregister(svc.name, svc.dispatcher, instance=svc._instance)
             except (TimeoutError, RouterError) as exc:
                 self.log.info("could not unregister from the router: %s", exc)
         finally:
-            client.close()
+            routers.close()
+            self._cleanup_spawn()
 
-    def _beat_until_stopped(self, client: Any) -> None:
-        interval = self.svc.config.router.heartbeat
-        silent = False
-        last_error = ""
+    def _beat_until_stopped(self, routers: _Routers) -> None:
         while True:
-            self._wake.wait(interval)
+            due = min(link.due for link in self._links)
+            self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
             if self._stopping:
                 return
             try:
-                self._beat(client)
-            except TimeoutError as exc:
-                if not silent:
-                    self.log.warning("%s; still serving, will keep trying", exc)
-                    silent = True
-                continue
+                self._beat(routers)
             except Exception as exc:  # noqa: BLE001 - never let the registrar die
-                if str(exc) != last_error:
-                    self.log.error("registration with the router failed: %s", exc)
-                    last_error = str(exc)
-                continue
-            if silent:
-                self.log.warning("the router answers again")
-            silent, last_error = False, ""
+                self.log.error("registration with the router failed: %s", exc)
+                for link in self._links:
+                    link.due = max(link.due, time.monotonic() + self._interval)
 
-    def _beat(self, client: Any) -> None:
-        svc = self.svc
+    def _beat(self, routers: _Routers) -> None:
+        """Send what is due to each router at once, then act on the answers."""
+        from .replicas import plan
+        now = time.monotonic()
         if self._reregister:
             self._reregister = False
-            svc._reregister(client)
+            for link in self._links:
+                link.registered, link.due = False, now
+        due = plan(self._links, now)
+        if not due:
             return
-        try:
-            entry = client.heartbeat(svc.name, svc.dispatcher, instance=svc._instance)
-        except RouterError as exc:
-            if exc.code != protocol.E_NOT_FOUND:
-                raise
-            self.log.warning("the router no longer knows %s/%s; registering again",
-                             svc.name, svc.dispatcher)
-            svc._reregister(client)
+        requests = {link.address: self._request(action) for link, action in due}
+        answers = routers.ask("", self.svc.name, requests=requests)
+        now = time.monotonic()
+        for link, action in due:
+            self._note(routers, link, action, answers.get(link.address), now)
+        self._maybe_spawn(now)
+
+    def _request(self, action: str) -> Tuple[str, Any]:
+        from .replicas import REGISTER, conflicts
+        svc = self.svc
+        if action == REGISTER:
+            payload = svc._registration_payload(prefer=svc._ports)
+            if len(self._links) > 1:
+                payload["strict"] = True
+        else:
+            payload = {"dispatcher": svc.dispatcher, "instance": svc._instance}
+        if len(self._links) > 1:
+            payload["conflicts"] = conflicts(self._links)
+        return action, payload
+
+    def _note(self, routers: _Routers, link: Any, action: str, answer: Any,
+              now: float) -> None:
+        """Record one router's answer (pure), then log and act on what it meant."""
+        from . import replicas
+        svc = self.svc
+        was_silent, old_problem = link.silent, link.problem
+        code = None
+        if isinstance(answer, RouterError):
+            code, answer = answer.code, str(getattr(answer, "message", None) or answer)
+        elif isinstance(answer, TimeoutError) or answer is None:
+            answer = None
+        elif isinstance(answer, BaseException):
+            answer = str(answer)
+        meaning = replicas.record(link, action, answer, svc._ports, now, self._interval,
+                                  strict=len(self._links) > 1, code=code)
+        where = f"the router at {link.address}"
+        if meaning == replicas.SILENT:
+            if link.silent == 1:
+                self.log.warning("no answer from %s within %d ms; still serving, will keep "
+                                 "trying", where, routers.timeout)
             return
-        held = (entry.get("dispatch_port"), entry.get("broadcast_port"))
-        if svc._ports is not None and held != svc._ports:
-            self.log.warning("the router's entry for %s/%s names ports %s/%s, but we listen on "
-                             "%d/%d; registering again", svc.name, svc.dispatcher,
-                             held[0], held[1], *svc._ports)
-            svc._reregister(client)
+        self._cleanup_spawn()
+        if was_silent:
+            self.log.warning("%s answers again", where)
+        if meaning == replicas.LOST:
+            self.log.warning("%s no longer knows %s/%s (or names other ports); registering "
+                             "again", where, svc.name, svc.dispatcher)
+        elif meaning == replicas.MOVED:
+            ports = (int(answer["dispatch_port"]), int(answer["broadcast_port"]))
+            self.log.warning("the router gave a new pair %d/%d; moving there", *ports)
+            svc._bind_registered(routers, ports)
+        elif meaning in (replicas.CONFLICT, replicas.REFUSED):
+            if link.problem != old_problem:
+                self.log.error("%s refuses %s/%s: %s; still serving%s", where, svc.name,
+                               svc.dispatcher, link.problem,
+                               ", reported to the other routers" if len(self._links) > 1
+                               else "")
+        elif old_problem:
+            self.log.warning("%s accepts %s/%s again", where, svc.name, svc.dispatcher)
+
+    def _maybe_spawn(self, now: float) -> None:
+        """No router answers: start a detached one that outlives us (the bind decides)."""
+        from .replicas import should_spawn
+        rcfg = self.svc.config.router
+        if not should_spawn(self._links, rcfg.allow_spawn, rcfg.protocol, self._last_spawn,
+                            now, SPAWN_RETRY):
+            return
+        self._last_spawn = now
+        self._cleanup_spawn()
+        self.log.warning("no router answers (%s); starting a replacement at %s",
+                         ", ".join(link.address for link in self._links),
+                         self.svc.config.router_address())
+        self._spawn_cleanup = _spawn_router_process(self.svc.config, self.log)
+        for link in self._links:
+            link.due = min(link.due, now + SPAWN_SETTLE)
+
+    def _cleanup_spawn(self) -> None:
+        cleanup, self._spawn_cleanup = self._spawn_cleanup, None
+        if cleanup is not None:
+            cleanup()
 
 
 # =============================================================================

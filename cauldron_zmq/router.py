@@ -56,6 +56,8 @@ __all__ = [
     "RouterRefusal",
     "Router",
     "RouterClient",
+    "ask_routers",
+    "first_good",
     "RouterStartError",
     "RouterBindError",
     "save_state",
@@ -118,7 +120,9 @@ class Entry:
     public key it registered with (with ``[zmq-security]``), the only key
     besides an admin's that may change or remove it.  ``ready`` is False
     between a dispatcher's first registration and its bind: look-ups do not
-    return it yet.  ``reported_stale`` only stops :meth:`Book.expire`
+    return it yet.  ``conflicts`` is what the dispatcher reports other routers
+    of the installation refused it (``[zmq-router] replicas``), shown by
+    ``cauldron-zmq services``; not persisted.  ``reported_stale`` only stops :meth:`Book.expire`
     reporting an expiry twice; it is not persisted.
     """
 
@@ -137,6 +141,7 @@ class Entry:
     instance: Optional[str] = None
     key: Optional[str] = None
     ready: bool = True
+    conflicts: Tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -190,6 +195,19 @@ def _check_keywords(keywords: Optional[List[Any]]) -> Tuple[str, ...]:
                                                     f"strings, got {type(kw).__name__}")
         names.add(_check_name("keyword", kw).upper())
     return tuple(sorted(names))
+
+
+MAX_CONFLICTS = 8            # conflict reports kept per entry
+MAX_CONFLICT_TEXT = 400      # characters kept of each
+
+
+def _check_conflicts(items: Optional[List[Any]]) -> Optional[Tuple[str, ...]]:
+    """What a dispatcher reports other routers refused it: a few bounded strings."""
+    if items is None:
+        return None
+    if not all(isinstance(item, str) for item in items):
+        raise RouterRefusal(protocol.E_REQUEST, "payload field 'conflicts' must hold strings")
+    return tuple(item[:MAX_CONFLICT_TEXT] for item in items[:MAX_CONFLICTS])
 
 
 def _field(payload: Any, name: str, kind: type, required: bool = True) -> Any:
@@ -289,8 +307,8 @@ class Book:
         return STALE if now - entry.last_heartbeat > self.expiry else LIVE
 
     def describe(self, entry: Entry, now: float) -> Dict[str, Any]:
-        """The protocol's ENTRY."""
-        return {
+        """The protocol's ENTRY (``conflicts`` only when the dispatcher reported some)."""
+        described = {
             "service": entry.service, "dispatcher": entry.dispatcher, "host": entry.host,
             "protocol": entry.protocol, "dispatch_port": entry.dispatch_port,
             "broadcast_port": entry.broadcast_port, "state": self.state(entry, now),
@@ -298,6 +316,9 @@ class Book:
             "age": max(0.0, now - entry.last_heartbeat), "keywords": list(entry.keywords),
             "pid": entry.pid, "ready": entry.ready,
         }
+        if entry.conflicts:
+            described["conflicts"] = list(entry.conflicts)
+        return described
 
     # ----------------------------------------------------------- commands
     def handle(self, command: str, target: str, payload: Any, *, now: float,
@@ -318,6 +339,7 @@ class Book:
                                now=now, caller=caller)
         dispatcher = _field(payload, "dispatcher", str)
         instance = _field(payload, "instance", str, required=False)
+        conflicts = _check_conflicts(_field(payload, "conflicts", list, required=False))
         if command == "register":
             return self.register(target, dispatcher, _field(payload, "host", str),
                                  keywords=_field(payload, "keywords", list, required=False),
@@ -326,20 +348,29 @@ class Book:
                                  avoid=_field(payload, "avoid", list, required=False),
                                  instance=instance,
                                  ready=_field(payload, "ready", bool, required=False),
-                                 now=now, caller=caller)
+                                 strict=_field(payload, "strict", bool, required=False) or False,
+                                 conflicts=conflicts, now=now, caller=caller)
         if command == "unregister":
             return self.unregister(target, dispatcher, instance=instance, now=now, caller=caller)
         if command == "heartbeat":
-            return self.heartbeat(target, dispatcher, instance=instance, now=now, caller=caller)
+            return self.heartbeat(target, dispatcher, instance=instance, conflicts=conflicts,
+                                  now=now, caller=caller)
         raise RouterRefusal(protocol.E_COMMAND, f"the book has no command {command!r}")
 
     def register(self, service: str, dispatcher: str, host: str, *,
                  keywords: Optional[List[Any]] = None, pid: Optional[int] = None,
                  prefer: Optional[List[Any]] = None, avoid: Optional[List[Any]] = None,
                  instance: Optional[str] = None, ready: Optional[bool] = None,
+                 strict: bool = False, conflicts: Optional[Tuple[str, ...]] = None,
                  now: float, caller: Caller = NOBODY) -> Dict[str, Any]:
         """Give (service, dispatcher) a pair: ``prefer`` if it is free, else the
         one it holds, else a free one.
+
+        ``strict`` (a dispatcher already bound to ``prefer``, registering with
+        a further router of the installation): that pair or ``conflict``, never
+        another one.  The pair is taken from a name that is not live; a live
+        holder is a conflict the dispatcher reports (``conflicts``, shown by
+        ``cauldron-zmq services``), never a silent move.
 
         ``ready=False`` reserves (a dispatcher about to bind): the entry is
         not returned by look-ups until the same instance registers again
@@ -362,6 +393,11 @@ class Book:
             _check_name("instance", instance)
         kws = _check_keywords(keywords)
         wanted = self._preferred_pair(prefer)
+        if strict and wanted is None:
+            raise RouterRefusal(protocol.E_CONFLICT, (
+                f"{service}/{dispatcher} asks for ports {prefer}, which are not a pair of "
+                f"this router's range {self.range_text}" if prefer else
+                "a strict registration needs 'prefer', the pair it holds"))
         entry = self.get(service, dispatcher)
         self._check_owner(entry, caller, "register")
         live = entry is not None and self.state(entry, now) == LIVE
@@ -376,7 +412,11 @@ class Book:
             return self._held_answer(entry, avoided)
         blocked_ports = self._blockable(avoided, entry) | set(self.blocked_at(now))
         blocked = {self.pair_of(p) for p in blocked_ports}
-        pair, victim, how = self._choose_pair(entry, wanted, blocked, now)
+        if strict:
+            assert wanted is not None
+            pair, victim, how = self._strict_pair(service, dispatcher, entry, wanted, now)
+        else:
+            pair, victim, how = self._choose_pair(entry, wanted, blocked, now)
         # ---- accepted: from here on the book changes
         self._block(self._blockable(avoided, entry), f"{service}/{dispatcher}", now)
         if victim is not None:
@@ -396,6 +436,8 @@ class Book:
             how += f", taking over from pid {entry.pid} (it no longer holds the ports)"
         entry.host, entry.keywords, entry.pid = host, kws, pid
         entry.instance, entry.ready = instance, ready is not False
+        if conflicts is not None:
+            entry.conflicts = conflicts
         if caller.key is not None and (entry.key is None or not caller.admin):
             entry.key = caller.key
         entry.registered, entry.last_heartbeat, entry.reported_stale = True, now, False
@@ -461,6 +503,7 @@ class Book:
         return self.describe(entry, now)
 
     def heartbeat(self, service: str, dispatcher: str, *, instance: Optional[str] = None,
+                  conflicts: Optional[Tuple[str, ...]] = None,
                   now: float, caller: Caller = NOBODY) -> Dict[str, Any]:
         """Keep a live entry live.  A stale or down one must register again.
 
@@ -481,6 +524,8 @@ class Book:
             raise RouterRefusal(protocol.E_CONFLICT, (
                 f"{entry.name} is now served by pid {entry.pid} on {entry.host}"))
         entry.last_heartbeat = now
+        if conflicts is not None:
+            entry.conflicts = conflicts
         log.log(TRACE, "heartbeat from %s", entry.name)
         return self.describe(entry, now)
 
@@ -636,6 +681,23 @@ class Book:
                 f"{len(self._owners)} held, {len(blocked)} blocked; none down or stale)"))
         victim = min(reusable, key=lambda e: (e.registered, e.last_heartbeat, e.pair))
         return victim.pair, victim, f"reused the pair of {victim.name}"
+
+    def _strict_pair(self, service: str, dispatcher: str, entry: Optional[Entry], wanted: int,
+                     now: float) -> Tuple[int, Optional[Entry], str]:
+        """(pair, entry to evict, how) for a strict registration: ``wanted`` or conflict.
+
+        Blocks do not count: the dispatcher binds the pair already.
+        """
+        holder = self._owners.get(wanted)
+        if holder is None or holder is entry:
+            return wanted, None, "the pair it holds"
+        if self.state(holder, now) == LIVE:
+            dport, bport = self.ports(wanted)
+            raise RouterRefusal(protocol.E_CONFLICT, (
+                f"{service}/{dispatcher} holds ports {dport}/{bport}, but this router gives "
+                f"them to live {holder.name} on {holder.host} (pid {holder.pid}); "
+                "the routers of the installation disagree"))
+        return wanted, holder, f"the pair it holds, taken from {holder.name}"
 
     def _first_free(self, blocked: Set[Any]) -> Optional[int]:
         """The lowest pair nobody holds and nobody blocked; the heap is cleaned lazily."""
@@ -1334,6 +1396,11 @@ class RouterClient:
     timeout the socket is closed and replaced (Lazy Pirate): a late reply
     cannot be mistaken for the next one, and a restarted router is reached.
     ``timeout`` is in milliseconds, as in the configuration.
+
+    With ``[zmq-router] replicas`` (and no explicit ``address``), ``lookup``
+    and ``list`` ask every router at once and return the first good answer
+    (:func:`ask_routers`): one router down or hung costs nothing.  Every
+    other command goes to :attr:`address`, the configuration's own router.
     """
 
     def __init__(self, config: Union[str, "os.PathLike[str]", Config, None] = None, *,
@@ -1341,6 +1408,9 @@ class RouterClient:
                  context: Optional[zmq.Context] = None) -> None:
         self.config = load_config(config)
         self.address = address or self.config.router_address()
+        #: Every router a look-up asks: just ``address`` when one was given.
+        self.addresses = [address] if address else self.config.router_addresses()
+        self._peers: List["RouterClient"] = []
         self.timeout = int(timeout if timeout is not None else self.config.router.timeout)
         self._context = context if context is not None else zmq.Context.instance()
         self._max_size = self.config.zmq.max_message_size
@@ -1361,6 +1431,8 @@ class RouterClient:
         if self._closed:
             raise CauldronError("this RouterClient is closed")
         timeout = self.timeout if timeout is None else int(timeout)
+        if command in PARALLEL_COMMANDS and len(self.addresses) > 1:
+            return self._ask_first(command, target, payload, timeout)
         req = protocol.request(command, target, {} if payload is None else payload)
         sock = self._sock()
         try:
@@ -1377,6 +1449,59 @@ class RouterClient:
             result = self._result(reply)
             if result is not None:
                 return result
+
+    def _ask_first(self, command: str, target: str, payload: Any,
+                   timeout: int) -> Dict[str, Any]:
+        """``command`` at every router at once; the first good answer."""
+        if not self._peers:
+            self._peers = [RouterClient(self.config, address=a, timeout=self.timeout,
+                                        context=self._context) for a in self.addresses]
+        answers = ask_routers(self._peers, command, target, payload, timeout=timeout,
+                              first=True)
+        return first_good(answers, command, target, timeout)
+
+    # ------------------------------------------- one request, without waiting
+    def send(self, command: str, target: str = "", payload: Any = None) -> Optional[str]:
+        """Queue one request and return its id (None: it could not be queued).
+
+        The answer is picked up by :meth:`collect`; :func:`ask_routers` uses
+        the pair to ask several routers at once from one thread.
+        """
+        if self._closed:
+            raise CauldronError("this RouterClient is closed")
+        req = protocol.request(command, target, {} if payload is None else payload)
+        try:
+            self._sock().send_multipart(protocol.encode_request(req), zmq.NOBLOCK)
+        except zmq.Again:
+            self._reset()
+            return None
+        return req.id
+
+    def pollables(self) -> List[zmq.Socket]:
+        """The sockets whose readiness may complete :meth:`collect`."""
+        return [s for s in (self._socket, self._monitor) if s is not None]
+
+    def collect(self, rid: str) -> Optional[Tuple[Dict[str, Any]]]:
+        """``(result,)`` once the answer to ``rid`` has arrived, else None.
+
+        An error answer raises as :meth:`request` does; so does a refused
+        handshake.  Late answers to older requests are dropped.
+        """
+        if self._monitor is not None:
+            self._handshake_events(self._monitor)
+        sock = self._socket
+        while sock is not None and sock.poll(0):
+            reply = protocol.decode_reply(sock.recv_multipart(zmq.NOBLOCK), self._max_size)
+            if reply.id != rid:
+                continue
+            result = self._result(reply)
+            if result is not None:
+                return (result,)
+        return None
+
+    def give_up(self) -> None:
+        """No answer in time: close the socket (Lazy Pirate; see the class)."""
+        self._reset()
 
     def _result(self, reply: Union[protocol.Reply, protocol.Malformed]) -> Optional[Dict[str, Any]]:
         if isinstance(reply, protocol.Malformed):
@@ -1516,6 +1641,9 @@ class RouterClient:
 
     def close(self) -> None:
         self._reset()
+        for peer in self._peers:
+            peer.close()
+        self._peers = []
         self._closed = True
 
     def __enter__(self) -> "RouterClient":
@@ -1523,6 +1651,87 @@ class RouterClient:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+#: Commands a RouterClient with replicas asks every router (first good answer).
+PARALLEL_COMMANDS = frozenset({"lookup", "list"})
+
+Answer = Union[Dict[str, Any], BaseException]
+
+
+def ask_routers(clients: List[RouterClient], command: str, target: str = "",
+                payload: Any = None, *, timeout: int, first: bool = False,
+                requests: Optional[Dict[str, Tuple[str, Any]]] = None) -> Dict[str, Answer]:
+    """Send ``command`` through every client at once; address -> result or exception.
+
+    Waits until each has answered or ``timeout`` (ms) has passed, or with
+    ``first`` until one has answered well.  Errors are values here, never
+    raised: a :class:`~cauldron_zmq.errors.RouterError` for a refusal, a
+    :class:`~cauldron_zmq.errors.TimeoutError` for silence (that client's
+    socket is replaced, Lazy Pirate).  The dict is in the order answers came.
+    ``requests`` gives some addresses a (command, payload) of their own.
+    """
+    answers: Dict[str, Answer] = {}
+    waiting: Dict[RouterClient, str] = {}
+    for client in clients:
+        what, body = (requests or {}).get(client.address, (command, payload))
+        try:
+            rid = client.send(what, target, body)
+        except CauldronError as exc:
+            answers[client.address] = exc
+            continue
+        if rid is None:
+            answers[client.address] = TimeoutError(
+                f"cannot queue {command} to the router at {client.address}")
+        else:
+            waiting[client] = rid
+    deadline = time.monotonic() + timeout / 1000.0
+    while waiting and not (first and any(isinstance(a, dict) for a in answers.values())):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        poller = zmq.Poller()
+        for client in waiting:
+            for sock in client.pollables():
+                poller.register(sock, zmq.POLLIN)
+        poller.poll(max(1, int(remaining * 1000)))
+        for client, rid in list(waiting.items()):
+            try:
+                got = client.collect(rid)
+            except CauldronError as exc:
+                answers[client.address] = exc
+                del waiting[client]
+                continue
+            if got is not None:
+                answers[client.address] = got[0]
+                del waiting[client]
+    succeeded = any(isinstance(a, dict) for a in answers.values())
+    for client in waiting:
+        client.give_up()
+        if not (first and succeeded):
+            answers[client.address] = TimeoutError(
+                f"no answer from the router at {client.address} within {timeout} ms")
+    return answers
+
+
+def first_good(answers: Dict[str, Answer], command: str, target: str,
+               timeout: int) -> Dict[str, Any]:
+    """The first result among ``answers``; else the most telling error, raised.
+
+    A refusal (``not-found`` first) says more than silence; when every
+    router is silent the message names them all.
+    """
+    for answer in answers.values():
+        if isinstance(answer, dict):
+            return answer
+    errors = [a for a in answers.values() if isinstance(a, BaseException)]
+    refusals = [e for e in errors if isinstance(e, RouterError)]
+    refusals.sort(key=lambda e: getattr(e, "code", "") != protocol.E_NOT_FOUND)
+    for error in refusals + [e for e in errors if not isinstance(e, TimeoutError)]:
+        raise error
+    what = f"{command} {target!r}" if target else command
+    raise TimeoutError(f"no answer from any router ({', '.join(answers) or 'none'}) "
+                       f"within {timeout} ms ({what})")
 
 
 def _named(dispatcher: str, instance: Optional[str]) -> Dict[str, Any]:
