@@ -395,6 +395,9 @@ class _Engine:
         self.max_size = config.zmq.max_message_size
         self.liveness = config.zmq.liveness
         self.router_address = config.router_address()
+        #: Every router of the installation ([zmq-router] replicas): each look-up asks all.
+        self.router_addresses = config.router_addresses()
+        self.router_where = _routers_text(self.router_addresses)
         self.router_timeout = config.router.timeout / 1000.0
         self.lookup_schedule: Schedule = LOOKUP
         self.callbacks = _CallbackRunner(f"cauldron_zmq.client.{service}.callbacks", logger)
@@ -421,9 +424,12 @@ class _Engine:
         self.last_broadcast: Dict[str, Tuple[Any, Optional[bytes]]] = {}
         self.polls: Dict[str, List[float]] = {}    # KEYWORD -> [period, next due]
         self.inflight_reads: Set[str] = set()
-        self.router_sock: Optional[zmq.Socket] = None
-        self.router_monitor: Optional[zmq.Socket] = None
-        self.router_handshake_error = ""
+        # One DEALER per router, open only while a look-up waits (see _on_router).
+        self.router_socks: Dict[str, zmq.Socket] = {}
+        self.router_monitors: Dict[str, zmq.Socket] = {}
+        self.router_handshake_errors: Dict[str, str] = {}
+        # request id -> [routers yet to answer, the best error answer so far]
+        self.router_waiting: Dict[str, List[Any]] = {}
         # Snapshots readable from any thread (replaced whole, never mutated).
         self.names: Dict[str, str] = {}            # KEYWORD -> link key
         self.alive_links: Dict[str, bool] = {}
@@ -720,29 +726,32 @@ class _Engine:
         self._close_socket(link.sub)
         link.dealer = link.sub = link.monitor = None
 
-    def _router_socket(self) -> zmq.Socket:
-        if self.router_sock is None:
+    def _router_socket(self, address: str) -> zmq.Socket:
+        sock = self.router_socks.get(address)
+        if sock is None:
             sock = self._socket(zmq.DEALER)
             if HANDSHAKE_EVENTS:
                 mon = sock.get_monitor_socket(HANDSHAKE_EVENTS)
-                self.router_monitor = mon
-                self._watch(mon, lambda: self._on_router_monitor(mon))
-            sock.connect(self.router_address)
-            self.router_sock = sock
-            self._watch(sock, lambda: self._on_router(sock))
-        return self.router_sock
+                self.router_monitors[address] = mon
+                self._watch(mon, lambda: self._on_router_monitor(address, mon))
+            sock.connect(address)
+            self.router_socks[address] = sock
+            self._watch(sock, lambda: self._on_router(address, sock))
+        return sock
 
-    def _reset_router(self) -> None:
-        if self.router_monitor is not None:
-            if self.router_sock is not None and not self.router_sock.closed:
-                try:
-                    self.router_sock.disable_monitor()
-                except zmq.ZMQError:
-                    pass
-            self._close_socket(self.router_monitor)
-            self.router_monitor = None
-        self._close_socket(self.router_sock)
-        self.router_sock = None
+    def _reset_router(self, address: Optional[str] = None) -> None:
+        """Close the DEALER to one router (``address``), or to every router."""
+        for where in [address] if address is not None else list(self.router_socks):
+            sock = self.router_socks.pop(where, None)
+            mon = self.router_monitors.pop(where, None)
+            if mon is not None:
+                if sock is not None and not sock.closed:
+                    try:
+                        sock.disable_monitor()
+                    except zmq.ZMQError:
+                        pass
+                self._close_socket(mon)
+            self._close_socket(sock)
 
     # ---------------------------------------------------------------- links
     def io_add_links(self, entries: Iterable[Dict[str, Any]]) -> List[str]:
@@ -840,23 +849,40 @@ class _Engine:
                                        f"{p.link.describe()} is full"))
 
     def _send_router(self, p: _Pending) -> None:
+        """The same request to every router at once: the first good answer wins,
+        so a dead or hung router costs nothing while another one answers."""
         self._add_pending(p)
         p.sent_at = time.monotonic()
-        try:
-            self._router_socket().send_multipart(protocol.encode_request(p.request), _NOBLOCK)
-        except zmq.Again:
+        frames = protocol.encode_request(p.request)
+        left: Set[str] = set()
+        for address in self.router_addresses:
+            try:
+                self._router_socket(address).send_multipart(frames, _NOBLOCK)
+            except zmq.Again:
+                self._reset_router(address)
+                continue
+            left.add(address)
+        if not left:
             self.pending.pop(p.request.id, None)
-            p.task._fail(TimeoutError(f"{p.description}: cannot queue a request to the "
-                                      f"router at {self.router_address}"))
+            p.task._fail(TimeoutError(f"{p.description}: cannot queue a request to "
+                                      f"{self.router_where}"))
+            return
+        self.router_waiting[p.request.id] = [left, None]
 
     def _expire(self, p: _Pending) -> None:
         self.pending.pop(p.request.id, None)
         if p.router:
-            self._reset_router()
+            left, error = self.router_waiting.pop(p.request.id, [set(), None])
+            for address in left:          # Lazy Pirate: silent routers get new sockets
+                self._reset_router(address)
+            if error is not None:         # one refused, the others were silent
+                p.task._fail(error)
+                return
+            hints = [self.router_handshake_errors.get(a, "") for a in sorted(left)]
             p.task._fail(TimeoutError(
-                f"{p.description}: no answer from the router at {self.router_address} "
+                f"{p.description}: no answer from {self.router_where} "
                 f"within {_fmt_s(p.timeout)}; is the router running?"
-                + self._handshake_hint(self.router_handshake_error)))
+                + self._handshake_hint(next((h for h in hints if h), ""))))
             return
         link = p.link
         assert link is not None
@@ -923,20 +949,23 @@ class _Engine:
         self._open_sub(link)
         link.synced, link.gseq = False, None
 
-    def _on_router_monitor(self, mon: zmq.Socket) -> None:
+    def _on_router_monitor(self, address: str, mon: zmq.Socket) -> None:
         for kind, text in self._handshake_events(mon):
             if kind == SUCCEEDED:
-                self.router_handshake_error = ""
+                self.router_handshake_errors.pop(address, None)
                 continue
-            again, self.router_handshake_error = self.router_handshake_error == text, text
+            again = self.router_handshake_errors.get(address) == text
+            self.router_handshake_errors[address] = text
             if kind != REFUSED:
                 continue
-            message = refused_message(f"the router at {self.router_address}", self.security)
+            message = refused_message(f"the router at {address}", self.security)
             self.log.log(logging.DEBUG if again else logging.WARNING, "%s", message)
-            for p in [p for p in self.pending.values() if p.router]:
-                del self.pending[p.request.id]
-                p.task._fail(AuthenticationError(f"{p.description}: {message}"))
-            self._reset_router()       # the next request makes a new connection
+            for rid, (left, _error) in list(self.router_waiting.items()):
+                p = self.pending.get(rid)
+                if address in left and p is not None:
+                    self._router_refused(p, address,
+                                         AuthenticationError(f"{p.description}: {message}"))
+            self._reset_router(address)   # the next request makes a new connection
             return
 
     def _on_dealer(self, link: _Link, sock: zmq.Socket) -> None:
@@ -950,16 +979,48 @@ class _Engine:
             self._heard(link, now)
             self._on_reply(protocol.decode_reply(frames, self.max_size), link.describe())
 
-    def _on_router(self, sock: zmq.Socket) -> None:
+    def _on_router(self, address: str, sock: zmq.Socket) -> None:
         while not sock.closed and sock.getsockopt(_EVENTS) & _POLLIN:
             try:
                 frames = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
-            self._on_reply(protocol.decode_reply(frames, self.max_size),
-                           f"the router at {self.router_address}")
+            self._on_router_reply(address, protocol.decode_reply(frames, self.max_size))
         if not any(p.router for p in self.pending.values()):
+            self.router_waiting.clear()
             self._reset_router()   # off the data path: hold no connection between look-ups
+
+    def _on_router_reply(self, address: str,
+                         reply: Union[protocol.Reply, protocol.Malformed]) -> None:
+        """A good answer completes the request; a refusal waits for the other routers."""
+        peer = f"the router at {address}"
+        p = self.pending.get(reply.id) if reply.id else None
+        waiting = self.router_waiting.get(reply.id) if reply.id else None
+        if p is None or waiting is None or (isinstance(reply, protocol.Reply) and
+                                            reply.status != protocol.ERROR):
+            self.router_waiting.pop(reply.id, None)
+            self._on_reply(reply, peer)      # a good answer, or a late or stray one
+            return
+        if isinstance(reply, protocol.Malformed):
+            self.log.warning("malformed reply from %s: %s", peer, reply.message)
+            error: BaseException = CauldronError(f"{p.description}: malformed reply from "
+                                                 f"{peer}: {reply.message}")
+        else:
+            error = self._remote_error(p, reply.payload, peer)
+        self._router_refused(p, address, error)
+
+    def _router_refused(self, p: _Pending, address: str, error: BaseException) -> None:
+        """Keep the most telling refusal (``not-found`` first); fail once all refused."""
+        waiting = self.router_waiting[p.request.id]
+        waiting[0].discard(address)
+        best = waiting[1]
+        if best is None or (getattr(error, "code", "") == protocol.E_NOT_FOUND and
+                            getattr(best, "code", "") != protocol.E_NOT_FOUND):
+            waiting[1] = error
+        if not waiting[0]:
+            del self.router_waiting[p.request.id]
+            self.pending.pop(p.request.id, None)
+            p.task._fail(waiting[1])
 
     def _on_reply(self, reply: Union[protocol.Reply, protocol.Malformed], peer: str) -> None:
         if isinstance(reply, protocol.Malformed):
@@ -1217,6 +1278,13 @@ class _Engine:
         p = _Pending(req, task, self.timeout, lambda r: r.payload, link_key=key)
         task.add_done_callback(lambda t: t.status == SUCCESS and self.io_listed(key, t.result))
         self._send(p)
+
+
+def _routers_text(addresses: List[str]) -> str:
+    """"the router at A", or "the routers at A, B" (messages name every one asked)."""
+    if len(addresses) == 1:
+        return f"the router at {addresses[0]}"
+    return f"the routers at {', '.join(addresses)}"
 
 
 def unknown_keyword_message(service: str, name: str, known: Iterable[str]) -> str:
@@ -2111,8 +2179,8 @@ class Service:
             result = task.get()
         except RouterError as exc:
             if exc.code == protocol.E_NOT_FOUND:
-                raise ServiceNotFound(f"service {self.name!r} is not known to the router at "
-                                      f"{engine.router_address}") from None
+                raise ServiceNotFound(f"service {self.name!r} is not known to "
+                                      f"{engine.router_where}") from None
             raise
         raw = result.get("dispatchers") if isinstance(result, dict) else None
         entries, problems = split_entries(raw or [])
@@ -2120,11 +2188,11 @@ class Service:
             self.log.info("service %r: ignoring a bad look-up entry: %s", self.name, problem)
         if problems and not entries:
             raise ProtocolError(protocol.E_REQUEST, (
-                f"service {self.name!r}: the router at {engine.router_address} lists no "
+                f"service {self.name!r}: {engine.router_where} lists no "
                 f"usable dispatcher ({'; '.join(problems[:3])})"))
         if not entries:
-            raise ServiceNotFound(f"service {self.name!r}: the router at "
-                                  f"{engine.router_address} lists no dispatcher for it")
+            raise ServiceNotFound(f"service {self.name!r}: {engine.router_where} "
+                                  f"lists no dispatcher for it")
         return entries
 
     def _populate(self) -> None:
