@@ -1,16 +1,22 @@
 """``cauldron-zmq services``: what the router's book holds, as a table or JSON;
-``cauldron-zmq router``: the router itself (``Cauldron-router-zmq``, in lower case)."""
+``cauldron-zmq router``: the router itself (``Cauldron-router-zmq``, in lower case).
+
+With ``[zmq-router] replicas`` every router is asked at once and each book
+is shown; entries the books disagree on (:func:`cauldron_zmq.replicas.disagreements`)
+and conflicts the dispatchers report are marked in a ``NOTE`` column.
+"""
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import click
 
 from ..config import load_config
 from ..errors import CauldronError, ConfigurationError
-from ..router import RouterClient
+from ..replicas import disagreements
+from ..router import RouterClient, ask_routers
 from ..router import main as _router_main
 from .text import in_seconds
 
@@ -31,13 +37,19 @@ def format_age(seconds: float) -> str:
     return f"{days}d{hours:02d}h"
 
 
-def format_table(entries: List[Dict[str, Any]]) -> str:
-    """One line per entry under a header, columns padded to their widest cell."""
-    rows = [COLUMNS] + [
+def format_table(entries: List[Dict[str, Any]],
+                 notes: Optional[Dict[Tuple[str, str], str]] = None) -> str:
+    """One line per entry under a header, columns padded to their widest cell.
+
+    ``notes`` (several routers) adds a NOTE column: why an entry is marked.
+    """
+    columns = COLUMNS + (("NOTE",) if notes is not None else ())
+    rows = [columns] + [
         (e["service"], e["dispatcher"], e["host"], str(e["dispatch_port"]),
          str(e["broadcast_port"]), e["state"], format_age(float(e["age"])))
+        + ((notes.get((e["service"], e["dispatcher"]), ""),) if notes is not None else ())
         for e in entries]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
                      for row in rows)
 
@@ -66,6 +78,9 @@ def services(config_path: Optional[str], as_json: bool, timeout: Optional[float]
         _fail(str(exc))
         return
     millis = max(1, int(round(timeout * 1000))) if timeout is not None else None
+    if len(config.router_addresses()) > 1:
+        _every_book(config, millis, as_json)
+        return
     try:
         with RouterClient(config, timeout=millis) as client:
             book = client.list()
@@ -82,6 +97,74 @@ def services(config_path: Optional[str], as_json: bool, timeout: Optional[float]
     if book.get("blocked"):
         click.echo("blocked ports (never handed out again): "
                    + ", ".join(str(p) for p in book["blocked"]))
+
+
+def _every_book(config: Any, millis: Optional[int], as_json: bool) -> None:
+    """Each router's book, asked all at once; disagreements and conflicts marked."""
+    millis = millis or config.router.timeout
+    clients = [RouterClient(config, address=a, timeout=millis)
+               for a in config.router_addresses()]
+    try:
+        answers = ask_routers(clients, "list", timeout=millis)
+    finally:
+        for client in clients:
+            client.close()
+    addresses = [c.address for c in clients]
+    books = {a: answers[a]["entries"] if isinstance(answers.get(a), dict) else None
+             for a in addresses}
+    if all(book is None for book in books.values()):
+        _fail(in_seconds("; ".join(f"{a}: {answers[a]}" for a in addresses)))
+        return
+    differ = disagreements(books)
+    if as_json:
+        _print_json(config, addresses, answers, differ)
+        return
+    for index, address in enumerate(addresses):
+        if index:
+            click.echo("")
+        answer = answers[address]
+        if not isinstance(answer, dict):
+            click.echo(f"router {address}: {in_seconds(str(answer))}")
+            continue
+        entries = answer.get("entries") or []
+        click.echo(f"router {address}: {len(entries)} entries")
+        if entries:
+            click.echo(format_table(entries, _notes(entries, differ)))
+        for entry in entries:
+            for text in entry.get("conflicts") or ():
+                click.echo(f"  conflict reported by {entry['service']}/{entry['dispatcher']}: "
+                           f"{text}")
+        if answer.get("blocked"):
+            click.echo("blocked ports (never handed out again): "
+                       + ", ".join(str(p) for p in answer["blocked"]))
+    if differ:
+        click.echo("")
+        click.echo("the routers disagree on: "
+                   + ", ".join(f"{s}/{d}" for s, d in sorted(differ)))
+
+
+def _notes(entries: List[Dict[str, Any]],
+           differ: Set[Tuple[str, str]]) -> Dict[Tuple[str, str], str]:
+    notes = {}
+    for entry in entries:
+        name = (entry["service"], entry["dispatcher"])
+        words = (["differs"] if name in differ else []) + \
+            (["conflict"] if entry.get("conflicts") else [])
+        notes[name] = ",".join(words)
+    return notes
+
+
+def _print_json(config: Any, addresses: List[str], answers: Dict[str, Any],
+                differ: Set[Tuple[str, str]]) -> None:
+    """The first answering router's book at the top (as with one router), and all of them."""
+    routers = []
+    for address in addresses:
+        answer = answers[address]
+        routers.append(dict(answer, router=address) if isinstance(answer, dict)
+                       else {"router": address, "error": in_seconds(str(answer))})
+    first = next(r for r in routers if "error" not in r)
+    out = dict(first, routers=routers, disagree=[f"{s}/{d}" for s, d in sorted(differ)])
+    click.echo(json.dumps(out, indent=2))
 
 
 #: ``cauldron-zmq router``: the same program as ``Cauldron-router-zmq`` (same
