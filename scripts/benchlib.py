@@ -54,7 +54,8 @@ SUBSCRIBERS = 10
 COUNTERS = 64                # counted keywords C0000..C0063: one per broadcast run
 WARMUP = 200
 BLOCK = 100                  # operations per block when interleaving measures
-SECTIONS = ("startup", "memory", "router", "roundtrip", "broadcast", "recovery", "array")
+SECTIONS = ("startup", "memory", "router", "roundtrip", "broadcast", "recovery", "array",
+            "replicas")
 ARRAY_ELEMENTS = 2 * 1024 * 1024     # doubles: a 16 MiB array
 ARRAY_LIMIT = 17 * 1024 * 1024       # [zmq] max-message-size: the array and room to spare
 
@@ -1284,3 +1285,81 @@ def section_array(env: Env, report: Report, count: int) -> None:
                   array_bytes=nbytes,
                   median_ms=statistics.median(times["project"]) * 1000,
                   bare_median_ms=statistics.median(times["bare"]) * 1000)
+
+
+def section_replicas(env: Env, report: Report, repeats: int) -> None:
+    """Two routers ([zmq-router] replicas): a new client's first read with one dead vs both up.
+
+    The client asks every router at once and takes the first good answer,
+    so the dead router should cost (almost) nothing.  The configuration's
+    own router (the first one asked) is the one killed; the replica's
+    death is a diagnostic.
+    """
+    from cauldron_zmq import ktl
+    from cauldron_zmq.router import RouterClient
+    # Two routers of their own (the shared one, env.router(), stays untouched),
+    # handing out the upper half of the bench's port range.
+    port_a, port_b = env.free_port(), env.free_port()
+    cfg = env.config.replace(router={"port": port_a, "replicas": [f"127.0.0.1:{port_b}"],
+                                     "first-port": env.config.router.first_port + 16})
+    cfg_b = cfg.replace(router={"port": port_b, "replicas": [f"127.0.0.1:{port_a}"]})
+    paths = {"A": env.write_config("replicas-a.toml", cfg),
+             "B": env.write_config("replicas-b.toml", cfg_b)}
+    addresses = {"A": cfg.router_address(), "B": cfg_b.router_address()}
+    router_cmd = console_script("Cauldron-router-zmq", "cauldron_zmq.router")
+    routers = {}
+    for name in ("A", "B"):
+        routers[name] = env.procs.spawn(f"router-{name}", router_cmd + ["-c", paths[name]])
+        ping_until_answer(env.context, addresses[name], time.monotonic() + 30, routers[name])
+    service = "replsvc"
+    disp = env.procs.spawn("replicas-dispatcher", [sys.executable, BENCH, "--role",
+                                                   "dispatcher", paths["A"], service])
+    env.procs.wait_for_log(disp, r"bench dispatcher ready", 60)
+
+    def in_book(name: str) -> bool:
+        try:
+            with RouterClient(cfg, address=addresses[name], timeout=500,
+                              context=env.context) as rc:
+                return any(e["service"] == service and e["ready"]
+                           for e in rc.list()["entries"])
+        except Exception:  # noqa: BLE001 - not yet
+            return False
+
+    def registered(names: Sequence[str]) -> None:
+        deadline = time.monotonic() + 30
+        while not all(in_book(name) for name in names):
+            if time.monotonic() > deadline:
+                raise BenchError(f"the dispatcher is not in the book of {', '.join(names)}")
+            time.sleep(0.02)
+
+    registered(["A", "B"])
+
+    def first_reads() -> List[float]:
+        times = []
+        for _ in range(repeats):
+            t0 = time.monotonic()
+            with ktl.Service(service, config=cfg) as svc:
+                svc["READV"].read()
+            times.append((time.monotonic() - t0) * 1000)
+        return times
+
+    try:
+        both = first_reads()
+        env.procs.kill(routers["A"], signal.SIGKILL)
+        a_dead = first_reads()
+        routers["A"] = env.procs.spawn("router-A2", router_cmd + ["-c", paths["A"]])
+        ping_until_answer(env.context, addresses["A"], time.monotonic() + 30, routers["A"])
+        registered(["A"])             # re-registered with the restarted router
+        env.procs.kill(routers["B"], signal.SIGKILL)
+        b_dead = first_reads()
+    finally:
+        env.procs.stop(disp)
+        for proc in routers.values():
+            env.procs.stop(proc)
+    report.figure("replicas.first_read",
+                  "new client's first read, one of two routers dead (median)", "ms",
+                  statistics.median(a_dead), statistics.median(both), bar=1.5,
+                  repeats=repeats, dead_ms=a_dead, both_ms=both,
+                  baseline="the same with both routers alive")
+    report.diagnostic("first read, the replica (not the own router) dead", "ms",
+                      statistics.median(b_dead), statistics.median(both), "both alive")

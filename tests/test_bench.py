@@ -26,7 +26,7 @@ FIGURES = {
     "router.lookups", "router.register.median", "router.register.p99",
     "read.median", "read.p99", "wsame.median", "wsame.p99", "wchg.median", "wchg.p99",
     "broadcast.1.rate", "broadcast.1.lost", "broadcast.10.rate", "broadcast.10.lost",
-    "recovery", "array.write",
+    "recovery", "array.write", "replicas.first_read",
 }
 #: Figures without a bare baseline, or whose ratio is undefined when the bare figure is 0.
 NO_RATIO = {"recovery"}
