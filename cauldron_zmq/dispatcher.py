@@ -609,7 +609,8 @@ class Service:
         address = self.config.router_address()
         if not self.config.router.allow_spawn:
             raise TimeoutError(
-                f"{self.name}: no router answered at {address} within "
+                f"{self.name}: no router answered at "
+                f"{', '.join(self.config.router_addresses())} within "
                 f"{self.config.router.timeout} ms, and [zmq-router] allow-spawn is false; "
                 f"start one with 'Cauldron-router-zmq' or set allow-spawn = true")
         self.log.warning("no router answered at %s; starting one (%s mode)", address,

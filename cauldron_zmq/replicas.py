@@ -79,7 +79,8 @@ def record(link: RouterLink, action: str, answer: Any, ours: Optional[Tuple[int,
     an interval, then every ``interval``: the libzmq connection backs off on
     its own, and a router that comes back (with an empty book) must be
     registered with within two heartbeats.  A refusing router is left alone
-    on :data:`REFUSAL_RETRY`.  ``strict`` (several routers): an answer
+    on :data:`REFUSAL_RETRY`; a refused heartbeat (the name is now another
+    instance's) stays a heartbeat.  ``strict`` (several routers): an answer
     naming another pair than ``ours`` is a conflict, never a move.
     """
     if answer is None:
@@ -104,11 +105,15 @@ def record(link: RouterLink, action: str, answer: Any, ours: Optional[Tuple[int,
     if code == "not-found" and action == HEARTBEAT:
         link.registered, link.due = False, now
         return LOST
-    return _refused(link, now, str(answer), CONFLICT if code == "conflict" else REFUSED)
+    kind = CONFLICT if code == "conflict" else REFUSED
+    # A refused heartbeat (another instance holds the name now, or another key):
+    # keep heartbeating, never register, which would take the name back.
+    return _refused(link, now, str(answer), kind, registered=action == HEARTBEAT)
 
 
-def _refused(link: RouterLink, now: float, message: str, kind: str) -> str:
-    link.registered = False
+def _refused(link: RouterLink, now: float, message: str, kind: str,
+             registered: bool = False) -> str:
+    link.registered = registered
     link.refusals += 1
     link.due = now + REFUSAL_RETRY.delay(link.refusals - 1)
     link.problem = message

@@ -76,6 +76,14 @@ def test_a_strict_conflict_is_kept_reported_and_backed_off() -> None:
     assert replicas.conflicts([link]) == []
 
 
+def test_a_refused_heartbeat_never_turns_into_a_registration() -> None:
+    link = RouterLink("a", registered=True)
+    assert record(link, HEARTBEAT, "alpha/default is now served by pid 7 on h", OURS, T0,
+                  2.0, strict=True, code="conflict") == replicas.CONFLICT
+    assert link.registered and link.due > T0 and link.problem
+    assert plan([link], link.due) == [(link, HEARTBEAT)]
+
+
 def test_another_pair_is_a_conflict_with_several_routers_and_a_move_with_one() -> None:
     assert record(RouterLink("a"), REGISTER, answer((7004, 7005)), OURS, T0, 2.0,
                   strict=True) == replicas.CONFLICT
