@@ -585,8 +585,13 @@ class Service:
         The routers that answered are remembered (``_registered_at``): the
         registrar registers with the others at once.
         """
-        for _attempt in range(MAX_BIND_ATTEMPTS):
-            ports = self._register(client, prefer=self._ports)
+        for attempt in range(MAX_BIND_ATTEMPTS):
+            try:
+                ports = self._register(client, prefer=self._ports)
+            except TimeoutError:          # a router answered the reservation: a busy one
+                if attempt == MAX_BIND_ATTEMPTS - 1:
+                    raise
+                continue
             if ports == self._ports:
                 self._registered_at = client.accepted(ports)
                 return

@@ -118,6 +118,14 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
         p.close()
 
 
+@pytest.fixture(autouse=True)
+def logs_on_failure(tmp_path: Path) -> Iterator[None]:
+    """The children's logs, printed at teardown: pytest shows them when a test fails."""
+    yield
+    for log in sorted(tmp_path.glob("*.log")):
+        print(f"---- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+
+
 class Installation:
     """Two routers on loopback: A (the configuration's own) and B (its replica)."""
 
@@ -363,7 +371,7 @@ def router_children(parents: Set[int]) -> Set[int]:
 def test_the_thread_hosted_routers_dispatcher_exits_and_another_replaces_it(
         tmp_path: Path, procs: Processes) -> None:
     path = write_test_config(tmp_path, pairs=4, overrides={"zmq-router": {
-        "allow-spawn": True, "process": "thread"}})
+        "allow-spawn": True, "process": "thread", "timeout": 1500}})   # three starting at once
     cfg = load_config(path)
     host = procs.serve("first", path)        # no router answers: it hosts one in a thread
     wait_until(lambda: ping(cfg, cfg.router_address()) == host.pid, 20,
@@ -371,6 +379,7 @@ def test_the_thread_hosted_routers_dispatcher_exits_and_another_replaces_it(
     others = [procs.serve(name, path) for name in ("second", "third")]
     wait_until(lambda: identify_all(cfg, {"first", "second", "third"}), 20,
                message="every dispatcher registered")
+    assert all(proc.poll() is None for proc in others)
 
     host.terminate()                          # a clean exit: its router thread goes with it
     host.wait(20)
@@ -404,7 +413,8 @@ def test_the_thread_hosted_routers_dispatcher_exits_and_another_replaces_it(
 def identify_all(cfg: Config, names: Set[str]) -> bool:
     try:
         with RouterClient(cfg, timeout=300) as rc:
-            listed = {e["service"] for e in rc.list()["entries"] if e["state"] == "live"}
+            listed = {e["service"] for e in rc.list()["entries"]
+                      if e["state"] == "live" and e["ready"]}
     except CauldronError:
         return False
     return names <= listed
