@@ -10,8 +10,9 @@ Threads, and why there are several (one socket belongs to one thread):
   one FIFO queue per keyword, so a 30-second ``write`` only holds up writes
   to that keyword;
 * the **scheduler** hands periodic and scheduled updates to those queues;
-* the **registrar** owns a router client: heartbeats, re-registration after a
-  router restart, and the final ``unregister``;
+* the **registrar** owns a client per router (``[zmq-router] replicas``):
+  heartbeats to every router, re-registration after a router restart, a
+  replacement router when none answers, and the final ``unregister``;
 * the **persister** saves persisted values off every other thread.
 
 ``docs/dispatcher.rst`` describes the behaviour; ``docs/protocol.rst`` the wire.
@@ -693,13 +694,6 @@ class Service:
             return
         raise AlreadyServed(f"{self.name}/{self.dispatcher} is already served by pid "
                             f"{who.get('pid')} on {host}")
-
-    def _reregister(self, client: Any) -> None:
-        """After the router lost us: register again preferring the pair we hold."""
-        ports = self._register(client, prefer=self._ports)
-        if ports != self._ports:
-            self.log.warning("the router gave a new pair %d/%d; moving there", *ports)
-        self._bind_registered(client, ports)
 
 
 # =============================================================================
