@@ -37,6 +37,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
 from .backoff import LOOKUP, Schedule
+from .linksync import Repair
 from .config import Config, endpoint, load_config
 from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
                      DispatcherRestarted,
@@ -295,6 +296,7 @@ class _Link:
         self.pid: Optional[int] = None
         self.gseq: Optional[int] = None
         self.synced = False            # a heartbeat arrived since the SUB (re)connected
+        self.repair = Repair()         # the re-reads owed after a possible loss
         self.interval: Optional[float] = None
         self.relookup_start: Optional[float] = None
         self.relookup_attempts = 0
@@ -618,6 +620,9 @@ class _Engine:
             if link.relookup_start is not None and not link.lookup_inflight:
                 due = min(due, link.relookup_start +
                           self.lookup_schedule.time_of(link.relookup_attempts))
+            retry = link.repair.next_due()
+            if retry is not None:
+                due = min(due, retry)
         for _period, next_due in self.polls.values():
             due = min(due, next_due)
         return max(0, int(math.ceil((due - now) * 1000)))
@@ -634,6 +639,10 @@ class _Engine:
             if link.relookup_start is not None and not link.lookup_inflight and \
                     self.lookup_schedule.due(now - link.relookup_start, link.relookup_attempts):
                 self._relookup(link)
+            retry = link.repair.next_due()
+            if retry is not None and retry <= now:
+                self._repair_reads(link, link.repair.due(now, self._tracked_names(link)),
+                                   "retrying a failed re-read")
         for name, slot in self.polls.items():
             if slot[1] <= now:
                 slot[1] = now + slot[0]
@@ -1066,7 +1075,11 @@ class _Engine:
             self._fire(kw, kw._ingest(b.payload, b.raw, BROADCAST))
 
     def _resync(self, link: _Link, why: str, restarted: bool = False) -> None:
-        """Re-read what is monitored, waited on or polled, after a possible loss."""
+        """Re-read what is monitored, waited on or polled, after a possible loss.
+
+        Each loss supersedes the reads of earlier ones still in flight (one
+        may have gone to a process that is gone): see :mod:`.linksync`.
+        """
         if link.refused:          # nothing gets through; the next user request retries
             return
         kws = [kw for name, kw in self.kwobjs.items() if self.owner.get(name) is link]
@@ -1075,12 +1088,37 @@ class _Engine:
             for kw in kws:
                 kw._forget_sequence()
             self._fail_orphaned(link)
-        tracked = [kw for kw in kws if kw._tracked()]
+        tracked = [kw.name for kw in kws if kw._tracked()]
         if tracked:
-            self.log.debug("%s: %s; re-reading %s", link.describe(), why,
-                           ", ".join(kw.name for kw in tracked))
-        for kw in tracked:
-            self._internal_read(kw.name, why)
+            self.log.debug("%s: %s; re-reading %s", link.describe(), why, ", ".join(tracked))
+        self._repair_reads(link, link.repair.lost(tracked), why)
+
+    def _tracked_names(self, link: _Link) -> List[str]:
+        return [name for name, kw in self.kwobjs.items()
+                if self.owner.get(name) is link and kw._tracked()]
+
+    def _repair_reads(self, link: _Link, names: Iterable[str], why: str) -> None:
+        epoch = link.repair.epoch
+        for name in names:
+            kw = self.kwobjs.get(name)
+            if kw is None or self.owner.get(name) is not link:
+                link.repair.done(name, epoch, False, time.monotonic(), tracked=False)
+                continue
+            req = protocol.request("read", name, {})
+            task = Task(f"{self.service}.{name}: read ({why})", req,
+                        time.monotonic() + self.timeout)
+            p = _Pending(req, task, self.timeout,
+                         lambda r, kw=kw: self._ingest_reply(kw, r, FRESH))
+            task.add_done_callback(
+                lambda t, n=name, k=kw: self._repair_done(link, n, epoch, t, k))
+            self._send(p)
+
+    def _repair_done(self, link: _Link, name: str, epoch: int, task: Task,
+                     kw: "Keyword") -> None:
+        if task.status == ERROR:
+            self.log.debug("%s", task.error)
+        link.repair.done(name, epoch, task.status == SUCCESS, time.monotonic(),
+                         tracked=kw._tracked() and self.kwobjs.get(name) is kw)
 
     def _fail_orphaned(self, link: _Link) -> None:
         """Fail requests an earlier incarnation of the dispatcher acknowledged.
@@ -1147,6 +1185,7 @@ class _Engine:
         self._publish_alive()
         self.log.info("%s is answering again", link.describe())
         self._connection_changed(link, True)
+        self._resync(link, "answering again")
 
     def _link_down(self, link: _Link, now: float) -> None:
         link.alive = False
