@@ -20,6 +20,7 @@ Threads (ZeroMQ's rule: a socket is used by one thread only):
 from __future__ import annotations
 
 import collections
+import contextlib
 import difflib
 import heapq
 import logging
@@ -29,8 +30,8 @@ import queue
 import threading
 import time
 import weakref
-from typing import (Any, Callable, Deque, Dict, Iterable, List, NamedTuple, Optional, Set,
-                    Tuple, Union)
+from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional,
+                    Set, Tuple, Union)
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -39,8 +40,8 @@ from . import protocol
 from .backoff import LOOKUP, Schedule
 from .linksync import Repair
 from .config import Config, endpoint, load_config
-from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
-                     DispatcherRestarted,
+from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherDown,
+                     DispatcherError, DispatcherRestarted, DispatcherSilent,
                      RemoteError, RouterError, ServiceNotFound, TimeoutError, remote_exception)
 from .expression import OPERATORS, Value, compare
 from .security import (HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security, handshake_event,
@@ -54,6 +55,7 @@ __all__ = [
     "HistorySlice",
     "UnknownKeyword",
     "ServiceShutDown",
+    "deadline",
 ]
 
 log = logging.getLogger("cauldron_zmq.client")
@@ -67,6 +69,7 @@ _GRACE = 2.0                  # how long past its deadline a waiter trusts the I
 _RECONNECT_IVL_MS = 50        # ZeroMQ's own reconnect: quick on a restart...
 _RECONNECT_IVL_MAX_MS = 250   # ...and never slower than this
 _IDLE_TICK = 1.0              # the I/O loop wakes at least this often
+_LAST_TRY = 0.05              # Service(wait=): the last look-up starts this long before the end
 # Plain ints for the hot loop (no enum attribute look-ups per message).
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
@@ -121,7 +124,11 @@ class Task:
                  deadline: Optional[float] = None) -> None:
         self._description = description   # or a function making it, called when needed
         self.request = request
-        self.deadline = deadline          # time.monotonic() by which the I/O thread ends it
+        self.created = time.monotonic()
+        # time.monotonic() by which the I/O thread ends it; the I/O thread moves
+        # it later for an acknowledged write it keeps waiting on (see _Engine._expire).
+        self.deadline = deadline
+        self.timeout = None if deadline is None else max(0.0, deadline - self.created)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)   # completion and acknowledgement
         self._status = PENDING
@@ -160,10 +167,14 @@ class Task:
         """True once complete (success or error); False if ``timeout`` s passed first."""
         if self._status != PENDING:
             return True
-        if timeout is None:
-            timeout = self._default_wait()
         with self._cond:
-            return self._cond.wait_for(self.done, timeout)
+            if timeout is not None:
+                return self._cond.wait_for(self.done, timeout)
+            while True:                      # the deadline may move while we wait
+                if self._cond.wait_for(self.done, self._default_wait()):
+                    return True
+                if self.deadline is None or time.monotonic() >= self.deadline + _GRACE:
+                    return False
 
     def wait_acknowledged(self, timeout: Optional[float] = None) -> bool:
         """True once the dispatcher acknowledged the request (or it completed).
@@ -187,9 +198,13 @@ class Task:
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """The result; re-raises the error; TimeoutError if not complete in time."""
+        start = time.monotonic()
         if not self.wait(timeout):
+            asked = timeout if timeout is not None else self.timeout
+            waited = time.monotonic() - start
             raise TimeoutError(f"{self.description or 'task'}: not complete within "
-                               f"{_fmt_s(timeout if timeout is not None else self._default_wait())}")
+                               f"{_fmt_s(asked if asked is not None else waited)} "
+                               f"(gave up after waiting {_fmt_s(round(waited, 1))})")
         if self._status == ERROR:
             raise self._error  # type: ignore[misc]
         return self._result
@@ -244,6 +259,71 @@ def _fmt_s(seconds: Optional[float]) -> str:
 
 
 # =============================================================================
+# Deadlines: one for a whole call
+# =============================================================================
+
+_scope = threading.local()      # .end: the time.monotonic() this thread's calls end by
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[float]:
+    """Every call this thread makes in the block ends within ``seconds``, all together.
+
+    ``Service(...)`` (look-up and keyword lists), ``svc[name]`` (describe),
+    ``read`` and ``write`` each take what is left, never more than their own
+    timeout; a TimeoutError leaving the block says how long was actually
+    waited.  Blocks nest (the earlier end wins).  ``caget -w 1`` gives up
+    after one second; ``with deadline(1): ...`` does too.  Yields the end
+    (``time.monotonic()``).
+    """
+    seconds = float(seconds)
+    if not seconds > 0:
+        raise ValueError(f"a deadline must be positive, got {seconds!r}")
+    outer = getattr(_scope, "end", None)
+    start = time.monotonic()
+    end = start + seconds if outer is None else min(outer, start + seconds)
+    _scope.end = end
+    try:
+        yield end
+    except TimeoutError as exc:
+        if not getattr(exc, "_waited", False) and exc.args:
+            exc.args = (f"{exc.args[0]} (gave up after {time.monotonic() - start:.1f} s; "
+                        f"the deadline was {seconds:g} s)",) + tuple(exc.args[1:])
+            exc._waited = True   # type: ignore[attr-defined]
+        raise
+    finally:
+        _scope.end = outer
+
+
+def _bounded(timeout: float, what: str = "the call") -> float:
+    """``timeout``, cut to what is left of the thread's :func:`deadline` (if any)."""
+    end = getattr(_scope, "end", None)
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"{what}: the deadline passed before it could start")
+    return min(timeout, left)
+
+
+def _left() -> float:
+    """Seconds left of the thread's deadline (inf without one)."""
+    end = getattr(_scope, "end", None)
+    return math.inf if end is None else end - time.monotonic()
+
+
+def _under_deadline() -> bool:
+    return getattr(_scope, "end", None) is not None
+
+
+def _seconds_or_none(value: Any) -> Optional[float]:
+    """A describe field that should be a positive number of seconds (else ignored)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 < value < math.inf else None
+
+
+# =============================================================================
 # The I/O engine
 # =============================================================================
 
@@ -251,12 +331,16 @@ class _Pending:
     """A request in flight; lives in the engine's table until answered or expired."""
 
     __slots__ = ("request", "link_key", "link", "task", "timeout", "deadline", "sent_at",
-                 "acked", "ack_started", "on_reply", "router")
+                 "acked", "ack_started", "on_reply", "router", "explicit")
 
     def __init__(self, request: protocol.Request, task: Task, timeout: float,
                  on_reply: Optional[Callable[[protocol.Reply], Any]],
-                 link_key: Optional[str] = None, router: bool = False) -> None:
+                 link_key: Optional[str] = None, router: bool = False,
+                 explicit: bool = True) -> None:
         self.request = request
+        # False: the caller set no deadline, so an acknowledged write keeps
+        # waiting while its dispatcher stays alive (see _Engine._expire).
+        self.explicit = explicit
         self.task = task
         self.timeout = timeout
         self.deadline = task.deadline if task.deadline is not None else time.monotonic() + timeout
@@ -470,16 +554,19 @@ class _Engine:
                raw: Optional[bytes] = None, link: Optional[str] = None,
                timeout: Optional[float] = None,
                on_reply: Optional[Callable[[protocol.Reply], Any]] = None,
-               description: Union[str, Callable[[], str]] = "") -> Task:
+               description: Union[str, Callable[[], str]] = "",
+               explicit: bool = True) -> Task:
         """Send a dispatcher request; the Task completes with ``on_reply(reply)``.
 
         ``description`` may be a function: it is called only if a message needs it.
+        ``explicit=False`` (a write the caller set no deadline for): once
+        acknowledged, it waits past ``timeout`` while the dispatcher stays alive.
         """
         timeout = self.timeout if timeout is None else float(timeout)
         req = protocol.request(command, target, {} if payload is None else payload, raw=raw)
         what = description or f"{self.service}.{target or '*'}: {command}"
         task = Task(what, req, time.monotonic() + timeout)
-        p = _Pending(req, task, timeout, on_reply, link_key=link)
+        p = _Pending(req, task, timeout, on_reply, link_key=link, explicit=explicit)
         self.post(lambda: self._send(p))
         return task
 
@@ -620,8 +707,8 @@ class _Engine:
             if link.relookup_start is not None and not link.lookup_inflight:
                 due = min(due, link.relookup_start +
                           self.lookup_schedule.time_of(link.relookup_attempts))
-            retry = link.repair.next_due()
-            if retry is not None:
+            retry = link.repair.next_due() if link.alive else None
+            if retry is not None:     # while it is down, coming back re-reads anyway
                 due = min(due, retry)
         for _period, next_due in self.polls.values():
             due = min(due, next_due)
@@ -639,7 +726,7 @@ class _Engine:
             if link.relookup_start is not None and not link.lookup_inflight and \
                     self.lookup_schedule.due(now - link.relookup_start, link.relookup_attempts):
                 self._relookup(link)
-            retry = link.repair.next_due()
+            retry = link.repair.next_due() if link.alive else None
             if retry is not None and retry <= now:
                 self._repair_reads(link, link.repair.due(now, self._tracked_names(link)),
                                    "retrying a failed re-read")
@@ -852,6 +939,8 @@ class _Engine:
                                       f"router at {self.router_address}"))
 
     def _expire(self, p: _Pending) -> None:
+        if self._keep_waiting(p):
+            return
         self.pending.pop(p.request.id, None)
         if p.router:
             self._reset_router()
@@ -873,6 +962,21 @@ class _Engine:
         if link.last_reply < p.sent_at and link.dealer is not None:
             self._reset_dealer(link)
             self._start_relookup(link)
+
+    def _keep_waiting(self, p: _Pending) -> bool:
+        """A slow write: acknowledged, no deadline from the caller, dispatcher alive.
+
+        It waits another liveness period; the dispatcher going silent
+        (_link_down) or restarting (_fail_orphaned) ends it with its own error.
+        """
+        link = p.link
+        if p.router or p.explicit or not p.acked or link is None or not link.alive \
+                or link.refused or p.request.command != "write":
+            return False
+        now = time.monotonic()
+        p.deadline = p.task.deadline = now + self._liveness(link)
+        heapq.heappush(self.deadlines, (p.deadline, p.request.id, p))
+        return True
 
     def _handshake_hint(self, error: str) -> str:
         """What a timeout message adds about security (nothing in the common case)."""
@@ -1193,8 +1297,29 @@ class _Engine:
         self._publish_alive()
         self.log.warning("%s: nothing heard for %.1f s; marking it disconnected",
                          link.describe(), now - link.last_heard)
+        self._fail_silent(link, now)
         self._connection_changed(link, False)
         self._start_relookup(link)
+
+    def _fail_silent(self, link: _Link, now: float) -> None:
+        """Requests in flight to a dispatcher known dead fail now, not at their timeouts.
+
+        Requests sent after this (while it is down) keep their timeouts: the
+        dispatcher may come back (a SIGSTOPped one does).
+        """
+        silent = [p for p in self.pending.values() if p.link is link and not p.router]
+        if not silent:
+            return
+        ago = now - link.last_heard
+        since = time.strftime("%H:%M:%S", time.localtime(time.time() - ago))
+        for p in silent:
+            self.pending.pop(p.request.id, None)
+            fate = ("it acknowledged the request, which may or may not have been applied "
+                    "(read the keyword to know)" if p.acked else
+                    "the request may not have reached it")
+            p.task._fail(DispatcherSilent(
+                f"{p.description}: {link.describe()} went silent: nothing heard since "
+                f"{since} ({ago:.1f} s ago, liveness {self._liveness(link):g} s); {fate}"))
 
     def _connection_changed(self, link: _Link, connected: bool) -> None:
         for name, kw in self.kwobjs.items():
@@ -1280,6 +1405,8 @@ class Keyword:
         self._text = description.get("description") or ""
         self._readonly = bool(description.get("readonly"))
         self._writeonly = bool(description.get("writeonly"))
+        self._declared_timeout = _seconds_or_none(description.get("timeout"))
+        self.progress = description.get("progress") or None   # the keyword showing progress
         self._cond = threading.Condition()
         self._state = _State()
         self._local = threading.local()       # .state: what a running callback sees
@@ -1448,14 +1575,22 @@ class Keyword:
         wire, raw = self._encode(value)
         engine = self.service._engine_or_raise()
         task = engine.submit("write", self._name, {"value": wire}, raw=raw,
-                             timeout=self._timeout(timeout),
+                             timeout=self._timeout(timeout), explicit=self._explicit(timeout),
                              on_reply=lambda r: self._result(engine._ingest_reply(self, r),
                                                              r.raw, binary, False),
                              description=lambda: f"{self.full_name}: write {_short(value)}")
         return task if not wait else task.get()
 
     def _timeout(self, timeout: Optional[float]) -> float:
-        return self.service.timeout if timeout is None else float(timeout)
+        """The caller's, else the keyword's declared, else the service's; cut to a deadline()."""
+        if timeout is None:
+            timeout = self._declared_timeout or self.service.timeout
+        return _bounded(float(timeout), self.full_name)
+
+    def _explicit(self, timeout: Optional[float]) -> bool:
+        """Whether a deadline bounds a write even after the dispatcher acknowledged it."""
+        return (timeout is not None or self._declared_timeout is not None
+                or self.service._explicit_timeout or _under_deadline())
 
     def _encode(self, value: Any) -> Tuple[Any, Optional[bytes]]:
         """Text goes as ascii (the dispatcher parses it); anything else as wire JSON."""
@@ -1780,9 +1915,11 @@ class Service:
         self._engine: Optional[_Engine] = _Engine(self.name, self.config, self.timeout, self.log)
         self._engine.start()
         try:
-            self._connect(wait)
-            if populate:
-                self._populate()
+            # One deadline for the whole constructor: ``wait`` if given, else the timeout.
+            with deadline(float(wait) if wait else self.timeout):
+                self._connect(wait)
+                if populate:
+                    self._populate()
         except BaseException:
             self.shutdown()
             raise
@@ -1790,7 +1927,8 @@ class Service:
 
     # ------------------------------------------------------------- connect
     def _connect(self, wait: Optional[float]) -> None:
-        deadline = time.monotonic() + (float(wait) if wait else 0.0)
+        """Look up and connect; with ``wait``, retry until the constructor's deadline."""
+        end = getattr(_scope, "end", None) or math.inf
         start, attempt = time.monotonic(), 0
         while True:
             try:
@@ -1798,10 +1936,15 @@ class Service:
                 return
             except (ServiceNotFound, TimeoutError) as exc:
                 attempt += 1
-                next_at = start + LOOKUP.time_of(attempt)
-                if wait is None or next_at > deadline:
+                now = time.monotonic()
+                # the last attempt comes just before the end, not after it
+                next_at = min(start + LOOKUP.time_of(attempt), end - _LAST_TRY)
+                if not wait or next_at <= now:
                     if wait:
-                        raise type(exc)(f"{exc} (still, after waiting {wait:g} s)") from None
+                        again = type(exc)(f"{exc} (still, after {now - start:.1f} s of "
+                                          f"waiting up to {float(wait):g} s)")
+                        again._waited = True   # type: ignore[attr-defined]
+                        raise again from None
                     raise
                 self.log.debug("%s; retrying", exc)
                 time.sleep(max(0.0, next_at - time.monotonic()))
@@ -1810,7 +1953,8 @@ class Service:
         engine = self._engine_or_raise()
         entries = self._lookup() if self.config.router.enable else [self._static_entry()]
         keys = engine.call(lambda: engine.io_add_links(entries))
-        tasks = {key: engine.submit("list", link=key, description=f"{self.name}: list")
+        tasks = {key: engine.submit("list", link=key, description=f"{self.name}: list",
+                                    timeout=_bounded(self.timeout, f"{self.name}: list"))
                  for key in keys}
         errors = []
         for key, task in tasks.items():
@@ -1833,15 +1977,17 @@ class Service:
 
     def _lookup(self) -> List[Dict[str, Any]]:
         engine = self._engine_or_raise()
+        what = f"looking up service {self.name!r}"
         timeout = self.timeout if self._explicit_timeout else engine.router_timeout
-        task = engine.router_request("lookup", self.name, timeout=timeout,
-                                     description=f"looking up service {self.name!r}")
+        task = engine.router_request("lookup", self.name, timeout=_bounded(timeout, what),
+                                     description=what)
         try:
             result = task.get()
         except RouterError as exc:
             if exc.code == protocol.E_NOT_FOUND:
                 raise ServiceNotFound(f"service {self.name!r} is not known to the router at "
-                                      f"{engine.router_address}") from None
+                                      f"{engine.router_address}"
+                                      + self._service_hint()) from None
             raise
         entries = [e for e in (result or {}).get("dispatchers") or () if isinstance(e, dict)]
         if not entries:
@@ -1849,11 +1995,48 @@ class Service:
                                   f"{engine.router_address} lists no dispatcher for it")
         return entries
 
+    def _book(self) -> List[Dict[str, Any]]:
+        """The router's book entries (every service, down ones too); [] if it cannot tell."""
+        engine = self._engine_or_raise()
+        if not self.config.router.enable:
+            return []
+        try:
+            task = engine.router_request("list", timeout=_bounded(engine.router_timeout),
+                                         description="listing the router's book")
+            book = task.get()
+        except CauldronError as exc:
+            self.log.debug("cannot list the router's book: %s", exc)
+            return []
+        entries = book.get("entries") if isinstance(book, dict) else None
+        return [e for e in entries or () if isinstance(e, dict)]
+
+    def _service_hint(self) -> str:
+        """'; did you mean 'focus'?' from the services the router knows."""
+        names = {str(e.get("service") or "") for e in self._book()}
+        close = difflib.get_close_matches(self.name, sorted(n for n in names if n), 3, 0.6)
+        return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+    def _down_error(self, name: str) -> Optional[DispatcherDown]:
+        """The error for a keyword whose dispatcher is down (the router's book says)."""
+        for entry in self._book():
+            if str(entry.get("service") or "").lower() != self.name or \
+                    name not in {str(k).upper() for k in entry.get("keywords") or ()}:
+                continue
+            state = str(entry.get("state") or "")
+            if state == "live":
+                return None
+            age = entry.get("age")
+            heard = f"last heard {age:.0f} s ago" if isinstance(age, (int, float)) else state
+            return DispatcherDown(f"{self.name}.{name} is served by dispatcher "
+                                  f"{entry.get('dispatcher')!r}, which is down ({heard})")
+        return None
+
     def _populate(self) -> None:
         """Create every Keyword in one describe round trip per dispatcher."""
         engine = self._engine_or_raise()
         keys = sorted(set(engine.names.values()))
-        tasks = [engine.submit("describe", "", link=key, description=f"{self.name}: describe")
+        tasks = [engine.submit("describe", "", link=key, description=f"{self.name}: describe",
+                               timeout=_bounded(self.timeout, f"{self.name}: describe"))
                  for key in keys]
         for task in tasks:
             result = task.get() or {}
@@ -1877,9 +2060,18 @@ class Service:
         if kw is not None:
             return kw
         if not self.has_keyword(upper):
-            raise UnknownKeyword(unknown_keyword_message(self.name, upper, self.keywords()))
-        desc = self._engine_or_raise().submit(
-            "describe", upper, description=f"{self.name}.{upper}: describe").get()
+            raise self._down_error(upper) or UnknownKeyword(
+                unknown_keyword_message(self.name, upper, self.keywords()))
+        what = f"{self.name}.{upper}: describe"
+        try:
+            desc = self._engine_or_raise().submit(
+                "describe", upper, description=what,
+                timeout=_bounded(self.timeout, what)).get()
+        except TimeoutError:
+            down = None if _left() < 0.05 else self._down_error(upper)
+            if down is not None:
+                raise down from None
+            raise
         return self._adopt(upper, desc if isinstance(desc, dict) else {})
 
     def _adopt(self, name: str, desc: Dict[str, Any]) -> Keyword:
