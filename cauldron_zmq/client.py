@@ -128,7 +128,7 @@ class Task:
         # time.monotonic() by which the I/O thread ends it; the I/O thread moves
         # it later for an acknowledged write it keeps waiting on (see _Engine._expire).
         self.deadline = deadline
-        self.timeout = None if deadline is None else max(0.0, deadline - self.created)
+        self.timeout = None if deadline is None else round(max(0.0, deadline - self.created), 3)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)   # completion and acknowledgement
         self._status = PENDING
@@ -1939,7 +1939,7 @@ class Service:
                 now = time.monotonic()
                 # the last attempt comes just before the end, not after it
                 next_at = min(start + LOOKUP.time_of(attempt), end - _LAST_TRY)
-                if not wait or next_at <= now:
+                if not wait or now >= end - _LAST_TRY:
                     if wait:
                         again = type(exc)(f"{exc} (still, after {now - start:.1f} s of "
                                           f"waiting up to {float(wait):g} s)")

@@ -106,7 +106,10 @@ def _jsonable(kw: Any, native: Any) -> Any:
 def show(service: str, keywords: Tuple[str, ...], binary: bool, timeout: Optional[float],
          as_json: bool, config_path: Optional[str], verbose: int) -> None:
     """Read keywords: one 'KEYWORD = value [units]' line each."""
-    with _service(service, config_path, timeout) as svc:
+    from ..client import deadline
+    from ..config import load_config
+    seconds = timeout if timeout is not None else load_config(config_path).zmq.timeout / 1000
+    with deadline(seconds), _service(service, config_path, timeout) as svc:   # one for all
         kws = [svc[name] for name in keywords]
         tasks = [kw.read(wait=False, both=True) for kw in kws]
         results = [task.get() for task in tasks]
@@ -199,9 +202,11 @@ def modify(service: str, assignments: Tuple[str, ...], nowait: bool, quiet: bool
         kws = [(svc[name], value) for name, value in pairs]      # unknown names fail first
         say = (lambda text: None) if quiet else click.echo
         if mode == "wait":
+            from .progress import write_showing_progress
             for kw, value in kws:
                 say(f"setting {kw.name} = {value} ({mode})")
-                kw.write(_binary_value(value) if binary else value, binary=binary)
+                write_showing_progress(svc, kw, _binary_value(value) if binary else value,
+                                       binary)
             return
         tasks = []
         for kw, value in kws:
