@@ -2108,10 +2108,18 @@ class Service:
             return iter(list(self._keywords.values()))
 
     def read(self, keyword: str, *args: Any, **kwargs: Any) -> Any:
-        return self[keyword].read(*args, **kwargs)
+        """``self[keyword].read(...)``: describe and read within the one timeout."""
+        timeout = kwargs.get("timeout")
+        with deadline(float(timeout) if timeout is not None else self.timeout):
+            return self[keyword].read(*args, **kwargs)
 
     def write(self, keyword: str, value: Any, *args: Any, **kwargs: Any) -> Any:
-        return self[keyword].write(value, *args, **kwargs)
+        """``self[keyword].write(...)``; an explicit ``timeout`` bounds describe and write."""
+        timeout = kwargs.get("timeout")
+        if timeout is None:
+            return self[keyword].write(value, *args, **kwargs)
+        with deadline(float(timeout)):
+            return self[keyword].write(value, *args, **kwargs)
 
     def isAlive(self) -> bool:  # noqa: N802 - KTL's name
         """True if every dispatcher of the service was heard from within liveness."""
