@@ -1940,12 +1940,15 @@ class Service:
                 # the last attempt comes just before the end, not after it
                 next_at = min(start + LOOKUP.time_of(attempt), end - _LAST_TRY)
                 if not wait or now >= end - _LAST_TRY:
+                    hint = self._service_hint() if isinstance(exc, ServiceNotFound) else ""
                     if wait:
-                        again = type(exc)(f"{exc} (still, after {now - start:.1f} s of "
-                                          f"waiting up to {float(wait):g} s)")
-                        again._waited = True   # type: ignore[attr-defined]
-                        raise again from None
-                    raise
+                        hint += f" (still, after {now - start:.1f} s of waiting up to " \
+                                f"{float(wait):g} s)"
+                    if not hint:
+                        raise
+                    again = type(exc)(f"{exc}{hint}")
+                    again._waited = bool(wait)   # type: ignore[attr-defined]
+                    raise again from None
                 self.log.debug("%s; retrying", exc)
                 time.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -1986,8 +1989,7 @@ class Service:
         except RouterError as exc:
             if exc.code == protocol.E_NOT_FOUND:
                 raise ServiceNotFound(f"service {self.name!r} is not known to the router at "
-                                      f"{engine.router_address}"
-                                      + self._service_hint()) from None
+                                      f"{engine.router_address}") from None
             raise
         entries = [e for e in (result or {}).get("dispatchers") or () if isinstance(e, dict)]
         if not entries:
@@ -2012,6 +2014,8 @@ class Service:
 
     def _service_hint(self) -> str:
         """'; did you mean 'focus'?' from the services the router knows."""
+        if _left() < 0.05:
+            return ""
         names = {str(e.get("service") or "") for e in self._book()}
         close = difflib.get_close_matches(self.name, sorted(n for n in names if n), 3, 0.6)
         return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -43,7 +43,7 @@ def test_monitors_end_on_the_final_value_after_restarts(tmp_path: Path) -> None:
     # a 5 s timeout (the default): a read lost with a killed process stays in flight
     # for several rounds
     with ServiceHarness(path, "rounds", subprocess=True,
-                        config={"zmq": {"timeout": 5000}}) as h:
+                        config={"zmq": {"timeout": 5000, "heartbeat": 1.0, "liveness": 3.0}}) as h:
         clients = [h.client() for _ in range(5)]
         seen: List[List[str]] = []
         for svc in clients:
