@@ -115,8 +115,11 @@ class Task:
     """What ``read(wait=False)`` and ``write(wait=False)`` return.
 
     The I/O thread completes it (result or error) no later than its deadline,
-    so waiting without a timeout still ends.  ``status`` is ``'pending'``,
-    ``'success'`` or ``'error'``.
+    so waiting without a timeout still ends.  The one exception is an
+    acknowledged write its caller set no deadline for: the I/O thread moves
+    the deadline on while the dispatcher stays alive, and ends the task when
+    it goes silent or restarts.  ``status`` is ``'pending'``, ``'success'``
+    or ``'error'``.
     """
 
     def __init__(self, description: Union[str, Callable[[], str]] = "",

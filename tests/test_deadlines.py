@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import re
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, List
@@ -25,7 +24,7 @@ from cauldron_zmq.commands.tools import show
 from cauldron_zmq.errors import (DispatcherDown, DispatcherSilent, ServiceNotFound,
                                  TimeoutError)
 from cauldron_zmq.keywordfile import read_keyword_file
-from cauldron_zmq.testing import ServiceHarness, wait_until
+from cauldron_zmq.testing import ServiceHarness
 
 pytestmark = pytest.mark.usefixtures("no_client_threads_left")
 
@@ -203,7 +202,8 @@ def test_a_keyword_declares_its_own_timeout(slow: ServiceHarness) -> None:
         assert 0.5 < time.monotonic() - start < 0.6 + MARGIN
     assert "0.6 s" in str(info.value)
     desc = slow.dispatcher["BOUNDED"].describe()
-    assert desc["timeout"] == 0.6 and slow.dispatcher["FOCUS"].describe()["progress"] == "FOCUSPROG"
+    assert desc["timeout"] == 0.6
+    assert slow.dispatcher["FOCUS"].describe()["progress"] == "FOCUSPROG"
 
 
 def test_keyword_file_timeout_and_progress(tmp_path: Path) -> None:

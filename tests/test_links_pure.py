@@ -5,9 +5,8 @@ was in flight to a killed dispatcher, so the final value never arrived.
 """
 from __future__ import annotations
 
-import itertools
 import random
-from typing import Dict, List, Tuple
+from typing import List
 
 from cauldron_zmq.linksync import Repair
 
