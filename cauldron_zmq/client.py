@@ -1308,7 +1308,8 @@ class _Engine:
         """Requests in flight to a dispatcher known dead fail now, not at their timeouts.
 
         Requests sent after this (while it is down) keep their timeouts: the
-        dispatcher may come back (a SIGSTOPped one does).
+        dispatcher may come back (a SIGSTOPped one does).  An unacknowledged one
+        that failed here is never delivered later (the DEALER is replaced).
         """
         silent = [p for p in self.pending.values() if p.link is link and not p.router]
         if not silent:
@@ -1319,10 +1320,14 @@ class _Engine:
             self.pending.pop(p.request.id, None)
             fate = ("it acknowledged the request, which may or may not have been applied "
                     "(read the keyword to know)" if p.acked else
-                    "the request may not have reached it")
+                    "no acknowledgement came, so it may or may not have reached it")
             p.task._fail(DispatcherSilent(
                 f"{p.description}: {link.describe()} went silent: nothing heard since "
                 f"{since} ({ago:.1f} s ago, liveness {self._liveness(link):g} s); {fate}"))
+        if link.dealer is not None:
+            # A request reported failed must not reach a replacement later from
+            # the old socket's queue: a new socket drops what the old one held.
+            self._reset_dealer(link)
 
     def _connection_changed(self, link: _Link, connected: bool) -> None:
         for name, kw in self.kwobjs.items():
