@@ -2043,6 +2043,27 @@ class Service:
                                   f"{entry.get('dispatcher')!r}, which is down ({heard})")
         return None
 
+    def _silent_error(self, name: str) -> Optional[DispatcherDown]:
+        """The error for a keyword whose dispatcher this client knows is silent."""
+        engine = self._engine_or_raise()
+
+        def state() -> Optional[Tuple[str, bool, bool, float]]:
+            link = engine.owner.get(name)
+            if link is None:
+                return None
+            return (link.name, link.alive, link.started is not None,
+                    time.monotonic() - link.last_heard)
+        try:
+            found = engine.call(state, timeout=1.0)
+        except CauldronError:
+            return None
+        if found is None or found[1]:
+            return None
+        who, _alive, heard, ago = found
+        how = (f"which is down (last heard {ago:.0f} s ago)" if heard else
+               f"which has not answered since this client connected ({ago:.0f} s ago)")
+        return DispatcherDown(f"{self.name}.{name} is served by dispatcher {who!r}, {how}")
+
     def _populate(self) -> None:
         """Create every Keyword in one describe round trip per dispatcher."""
         engine = self._engine_or_raise()
@@ -2080,7 +2101,8 @@ class Service:
                 "describe", upper, description=what,
                 timeout=_bounded(self.timeout, what)).get()
         except TimeoutError:
-            down = None if _left() < 0.05 else self._down_error(upper)
+            down = self._silent_error(upper) or (
+                None if _left() < 0.05 else self._down_error(upper))
             if down is not None:
                 raise down from None
             raise
@@ -2143,6 +2165,7 @@ class Service:
         return engine.call(lambda: [
             {"dispatcher": link.name, "address": link.dispatch_address,
              "broadcast": link.broadcast_address, "alive": link.alive,
+             "in_sync": link.repair.in_sync(),     # every re-read owed has answered
              "keywords": len(link.keywords)} for link in engine.links.values()])
 
     # ------------------------------------------------------------ lifecycle

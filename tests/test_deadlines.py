@@ -24,7 +24,7 @@ from cauldron_zmq.commands.tools import show
 from cauldron_zmq.errors import (DispatcherDown, DispatcherSilent, ServiceNotFound,
                                  TimeoutError)
 from cauldron_zmq.keywordfile import read_keyword_file
-from cauldron_zmq.testing import ServiceHarness
+from cauldron_zmq.testing import ServiceHarness, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_client_threads_left")
 
@@ -267,3 +267,22 @@ def test_a_misspelt_service_name_gets_a_suggestion() -> None:
         with pytest.raises(ServiceNotFound) as info:
             ktl.Service("fokus", config=h.config)
     assert "did you mean 'focus'?" in str(info.value)
+
+
+def test_a_keyword_of_a_silent_dispatcher_says_so(keyword_file: Path) -> None:
+    """Registered (the router still lists it live) but silent to this client."""
+    with ServiceHarness(keyword_file, "dtest", subprocess=True) as h:
+        with ktl.Service("dtest", config=h.config, timeout=1.0) as svc:
+            engine = svc._engine
+            wait_until(lambda: engine.call(lambda: all(link.started is not None
+                                                       for link in engine.links.values())),
+                       5, message="a heartbeat")
+            h.signal_dispatcher(signal.SIGSTOP)
+            try:
+                wait_until(lambda: not svc.isAlive(), 5, message="liveness expired")
+                with pytest.raises(DispatcherDown) as info:
+                    svc["COUNT"]
+            finally:
+                h.signal_dispatcher(signal.SIGCONT)
+    assert "dtest.COUNT is served by dispatcher" in str(info.value)
+    assert "which is down (last heard" in str(info.value)
