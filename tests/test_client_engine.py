@@ -72,6 +72,8 @@ def test_monitors_end_on_the_final_value_after_restarts(tmp_path: Path) -> None:
             f"last callbacks {[got[-1:] for got in seen]})"))
         for svc in clients:                          # and it stays so: nothing older follows
             assert svc["COUNT"].read() == str(final)
+        wait_until(lambda: all(d["in_sync"] for svc in clients for d in svc.dispatchers()),
+                   5, message="every link in sync (each re-read owed answered)")
 
 
 def test_a_read_lost_with_a_killed_dispatcher_does_not_block_the_repair(tmp_path: Path) -> None:
