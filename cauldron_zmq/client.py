@@ -1161,7 +1161,7 @@ class _Engine:
             backwards = gseq < link.gseq
             self._resync(link, "broadcast sequence went backwards" if backwards
                          else f"lost broadcasts (heartbeat gseq {gseq}, last seen {link.gseq})",
-                         restarted=backwards)
+                         restarted=backwards, supersede=backwards)
         link.synced = True
         if isinstance(gseq, int):
             link.gseq = gseq
@@ -1172,7 +1172,8 @@ class _Engine:
             if gseq <= link.gseq:
                 self._resync(link, "broadcast sequence went backwards", restarted=True)
             elif gseq > link.gseq + 1:
-                self._resync(link, f"lost broadcasts (gseq {link.gseq} -> {gseq})")
+                self._resync(link, f"lost broadcasts (gseq {link.gseq} -> {gseq})",
+                             supersede=False)
         if isinstance(gseq, int):
             link.gseq = gseq
         name = b.keyword.upper()
@@ -1181,11 +1182,13 @@ class _Engine:
         if kw is not None:
             self._fire(kw, kw._ingest(b.payload, b.raw, BROADCAST))
 
-    def _resync(self, link: _Link, why: str, restarted: bool = False) -> None:
+    def _resync(self, link: _Link, why: str, restarted: bool = False,
+                supersede: bool = True) -> None:
         """Re-read what is monitored, waited on or polled, after a possible loss.
 
-        Each loss supersedes the reads of earlier ones still in flight (one
-        may have gone to a process that is gone): see :mod:`.linksync`.
+        A lost or renewed connection supersedes the reads still in flight (one
+        may have gone to a process that is gone); a gap on a live connection
+        (``supersede=False``) queues one read behind them: see :mod:`.linksync`.
         """
         if link.refused:          # nothing gets through; the next user request retries
             return
@@ -1198,7 +1201,7 @@ class _Engine:
         tracked = [kw.name for kw in kws if kw._tracked()]
         if tracked:
             self.log.debug("%s: %s; re-reading %s", link.describe(), why, ", ".join(tracked))
-        self._repair_reads(link, link.repair.lost(tracked), why)
+        self._repair_reads(link, link.repair.lost(tracked, supersede), why)
 
     def _tracked_names(self, link: _Link) -> List[str]:
         return [name for name, kw in self.kwobjs.items()
@@ -1224,8 +1227,9 @@ class _Engine:
                      kw: "Keyword") -> None:
         if task.status == ERROR:
             self.log.debug("%s", task.error)
-        link.repair.done(name, epoch, task.status == SUCCESS, time.monotonic(),
-                         tracked=kw._tracked() and self.kwobjs.get(name) is kw)
+        again = link.repair.done(name, epoch, task.status == SUCCESS, time.monotonic(),
+                                 tracked=kw._tracked() and self.kwobjs.get(name) is kw)
+        self._repair_reads(link, again, "a loss while the last re-read was in flight")
 
     def _fail_orphaned(self, link: _Link) -> None:
         """Fail requests an earlier incarnation of the dispatcher acknowledged.

@@ -11,9 +11,13 @@ answered.
 The engine once skipped a repair read while an earlier read of the keyword
 was in flight; that one had gone to the killed process and came back only as
 a timeout, so the final value never arrived (issue 10, item 0).  Here a loss
-*supersedes* older in-flight reads (a new read goes out at once), a read that
-fails is retried on a back-off schedule, and a read that answers for an older
-loss never counts for a newer one.  Everything is a pure function of events
+of the connection (a reconnect, a restart, a dispatcher heard again)
+*supersedes* older in-flight reads: a new read goes out at once, since the
+old one may be lost with the old connection.  A gap on a live connection
+*queues* behind the read in flight: one more read goes out when it answers
+(so a flood of gaps costs at most two reads per keyword, never one per gap).
+A read that fails is retried on a back-off schedule, and a read that answers
+for an older loss never counts for a newer one.  Everything is a pure function of events
 and ``now`` and is tested without sockets (tests/test_links_pure.py).
 """
 from __future__ import annotations
@@ -53,16 +57,22 @@ class Repair:
     epoch: int = 0
     slots: Dict[str, _Slot] = field(default_factory=dict)
 
-    def lost(self, names: Iterable[str]) -> List[str]:
-        """Broadcasts may have been lost: every name needs a read issued from now on."""
+    def lost(self, names: Iterable[str], supersede: bool = True) -> List[str]:
+        """Broadcasts may have been lost: every name needs a read issued from now on.
+
+        ``supersede``: the connection itself was lost or renewed, so a read in
+        flight may never answer; read again at once.  Otherwise (a gap on a
+        live connection) a name with a read in flight waits for its answer.
+        """
         self.epoch += 1
         reads = []
         for name in names:
             slot = self.slots.setdefault(name, _Slot())
             slot.wanted = self.epoch
             slot.failures, slot.retry_at = 0, None
-            reads.append(name)            # supersedes a read of an older loss in flight
-            slot.inflight = self.epoch
+            if slot.inflight is None or supersede:
+                reads.append(name)
+                slot.inflight = self.epoch
         return reads
 
     def done(self, name: str, epoch: int, ok: bool, now: float,
@@ -81,8 +91,11 @@ class Repair:
         if not tracked:
             del self.slots[name]
             return []
-        if slot.inflight is not None and slot.inflight >= slot.wanted:
-            return []                     # a read for the latest loss is on its way
+        if slot.inflight is not None:
+            return []                     # a newer read is on its way
+        if ok:                            # answered, but for an older loss: the queued read
+            slot.inflight = self.epoch
+            return [name]
         slot.failures += 1
         slot.retry_at = now + self.retry.delay(slot.failures - 1)
         return []

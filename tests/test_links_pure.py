@@ -78,13 +78,13 @@ def _simulate(seed: int) -> None:
     now = 0.0
     for _ in range(60):
         now += rng.random()
-        event = rng.choice(["loss", "answer", "fail", "retry"])
-        if event == "loss":
-            reads = r.lost(["K"])
+        event = rng.choice(["loss", "gap", "answer", "fail", "retry"])
+        if event in ("loss", "gap"):
+            reads = r.lost(["K"], supersede=event == "loss")
             inflight += [r.epoch for _ in reads]
         elif event in ("answer", "fail") and inflight:
             epoch = inflight.pop(rng.randrange(len(inflight)))   # any order
-            r.done("K", epoch, event == "answer", now)
+            inflight += [r.epoch for _ in r.done("K", epoch, event == "answer", now)]
         elif event == "retry":
             due = r.next_due()
             if due is not None:
@@ -93,7 +93,8 @@ def _simulate(seed: int) -> None:
     # drain: every read in flight resolves (some fail), retries run until success
     for _ in range(200):
         if inflight:
-            r.done("K", inflight.pop(0), rng.random() < 0.7, now)
+            epoch = inflight.pop(0)
+            inflight += [r.epoch for _ in r.done("K", epoch, rng.random() < 0.7, now)]
             continue
         due = r.next_due()
         if due is None:
@@ -107,6 +108,26 @@ def _simulate(seed: int) -> None:
 def test_every_interleaving_ends_in_sync() -> None:
     for seed in range(500):
         _simulate(seed)
+
+
+def test_gaps_on_a_live_connection_queue_behind_the_read_in_flight() -> None:
+    r = Repair()
+    assert r.lost(["A"], supersede=False) == ["A"]     # nothing in flight: read now
+    for _ in range(100):                               # a flood of gaps meanwhile
+        assert r.lost(["A"], supersede=False) == []    # queued, not one read per gap
+    assert r.done("A", 1, True, now=0.0) == ["A"]      # answered: the queued read, once
+    assert not r.in_sync()
+    assert r.done("A", r.epoch, True, now=0.0) == []
+    assert r.in_sync()
+
+
+def test_a_reconnect_supersedes_even_a_queued_read() -> None:
+    r = Repair()
+    r.lost(["A"], supersede=False)
+    assert r.lost(["A"]) == ["A"]                      # the connection is new: read now
+    assert r.done("A", 1, False, now=0.0) == []        # the old one is lost: nothing owed
+    r.done("A", 2, True, now=0.0)
+    assert r.in_sync() and r.next_due() is None
 
 
 def test_at_most_one_retry_pending_per_name() -> None:
