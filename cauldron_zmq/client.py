@@ -256,9 +256,10 @@ class Task:
 
 
 def _fmt_s(seconds: Optional[float]) -> str:
+    """'2 s', '0.35 s': a timeout cut to what was left of a deadline is no 0.997389 s."""
     if seconds is None:
         return "?"
-    return f"{seconds:g} s"
+    return f"{round(seconds, 2 if seconds >= 0.1 else 3):g} s"
 
 
 # =============================================================================
@@ -1982,6 +1983,8 @@ class Service:
         refused = [exc for exc in errors if isinstance(exc, AuthenticationError)]
         if errors and len(errors) == len(tasks) and (not engine.names or refused):
             raise (refused or errors)[0]
+        if errors and _left() < 0.05:       # no time left for anything else: say why
+            raise errors[0]
         for exc in errors:
             self.log.warning("%s; using the router's keyword list for it", exc)
 
