@@ -292,7 +292,7 @@ def deadline(seconds: float) -> Iterator[float]:
     except TimeoutError as exc:
         if not getattr(exc, "_waited", False) and exc.args:
             exc.args = (f"{exc.args[0]} (gave up after {time.monotonic() - start:.1f} s; "
-                        f"the deadline was {seconds:g} s)",) + tuple(exc.args[1:])
+                        f"the deadline was {_fmt_s(end - start)})",) + tuple(exc.args[1:])
             exc._waited = True   # type: ignore[attr-defined]
         raise
     finally:
