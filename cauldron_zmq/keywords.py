@@ -245,7 +245,9 @@ class Keyword:
                  read: Optional[Callable[..., Any]] = None,
                  postread: Optional[Callable[..., Any]] = None,
                  update: Optional[Callable[..., Any]] = None,
-                 format: Optional[str] = None) -> None:  # noqa: A002 - KTL's word
+                 format: Optional[str] = None,  # noqa: A002 - KTL's word
+                 timeout: Optional[float] = None,
+                 progress: Optional[str] = None) -> None:
         self._fast: Optional[Tuple[bool, bool]] = None
         self.name = _keyword_name(name)
         self.service = service
@@ -287,6 +289,10 @@ class Keyword:
             raise ValueError(f"{self.name}: a keyword cannot be both read-only and write-only")
         self.persist = bool(persist)
         self.initial = initial
+        # What clients are told (describe): a write's default deadline in seconds
+        # (a long move says how long it may take) and the keyword showing its progress.
+        self.timeout = None if timeout is None else _check_seconds(self.name, "timeout", timeout)
+        self.progress = None if progress is None else _keyword_name(progress)
         if period is not None:
             _check_period(self.name, period)
         self.history: Deque[Tuple[Any, float]] = deque(maxlen=HISTORY_LENGTH)
@@ -713,7 +719,8 @@ class Keyword:
         out.update({"ktl_type": self.type.ktl_type, "units": self.units,
                     "description": self.description, "readonly": self.readonly,
                     "writeonly": self.writeonly, "period": self._period,
-                    "persist": self.persist})
+                    "persist": self.persist, "timeout": self.timeout,
+                    "progress": self.progress})
         return out
 
     # ----------------------------------------------------------- fast path
@@ -774,6 +781,17 @@ def _defaults(kw: Keyword, hooks: Sequence[str]) -> bool:
     instance = kw.__dict__
     return all(hook not in instance and getattr(cls, hook) is getattr(Keyword, hook)
                for hook in hooks)
+
+
+def _check_seconds(name: str, what: str, seconds: Any) -> float:
+    """A positive, finite number of seconds (a keyword's declared timeout)."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(seconds, bool) or not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}: {what} must be a positive number of seconds, got {seconds!r}")
+    return value
 
 
 def _check_period(name: str, seconds: Any) -> float:

@@ -172,7 +172,10 @@ def show(service: str, keywords: Tuple[str, ...], binary: bool, terse: bool, tim
     Every keyword that can be read is shown; each one that cannot is reported
     on stderr (exit 1).  'show -s SERVICE keywords' lists the service's keywords.
     """
-    with _service(service, config_path, timeout) as svc:
+    from ..client import deadline
+    from ..config import load_config
+    seconds = timeout if timeout is not None else load_config(config_path).zmq.timeout / 1000
+    with deadline(seconds), _service(service, config_path, timeout) as svc:   # one for all
         if _wants_keyword_list(svc, keywords):
             _echo_keyword_names(svc)
             return
@@ -312,10 +315,12 @@ def modify(service: str, assignments: Tuple[str, ...], nowait: bool, wait: bool,
         say = (lambda text: None) if quiet else click.echo
         writes = [(kw, value) for kw, (_, value) in zip(kws, pairs)]
         if mode == "wait":
+            from .progress import write_showing_progress
             for kw, value in writes:
                 say(f"setting {kw.name} = {value} ({mode})")
                 before = _before(kw)
-                _write(kw, value, binary, wait=True)
+                write_showing_progress(svc, kw, _binary_value(value) if binary else value,
+                                       binary)
                 if _unchanged(kw, before):
                     say(_unchanged_line(kw))
             return
