@@ -265,6 +265,9 @@ class Keyword:
             initial = _pick(initial, decl.initial)
             readonly = readonly or decl.readonly
             writeonly = writeonly or decl.writeonly
+            # <serverside><timeout>S</timeout><progress>KW</progress>: see docs/client.rst
+            timeout = _pick(timeout, decl.serverside_value("timeout"))
+            progress = _pick(progress, decl.serverside_value("progress"))
         if kind in ("enumerated", "mask") and enumerators is None:
             kind = "integer"      # no names (yet): see _set_enumerators
         self.type: KeywordType = keyword_type(kind, name=self.name, minimum=minimum,
