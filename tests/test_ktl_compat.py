@@ -10,7 +10,6 @@ ValueErrors.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest

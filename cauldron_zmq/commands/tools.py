@@ -25,6 +25,7 @@ import click
 from ..errors import CauldronError
 from .ktlargs import KtlCommand
 from .listing import list_keywords, list_services
+from ..types import json_value
 from .text import binary_text, in_seconds, stamp_text
 
 __all__ = ["show", "modify", "monitor", "list_", "parse_assignments"]
@@ -118,15 +119,7 @@ def _service_option(required: bool = True) -> Callable[..., Any]:
 
 def _jsonable(kw: Any, native: Any) -> Any:
     """A native value as JSON: NaN as "nan", arrays as lists."""
-    if native is None:
-        return None
-    try:
-        wire, raw = kw.keyword_type.to_wire(native)
-    except (ValueError, TypeError):
-        return str(native)
-    if raw is not None:
-        return native.tolist()
-    return wire
+    return json_value(kw.keyword_type, native)
 
 
 def _keywords(svc: Any, names: Sequence[str]) -> Tuple[List[Any], List[BaseException]]:
