@@ -352,6 +352,28 @@ def test_the_harness_serves_xml_in_process(tmp_path: Path) -> None:
         assert harness.dispatcher["LAMPON"].value == "1" and svc["LAMPON"].read() == "on"
 
 
+def test_boolean_names_in_code_are_the_ascii_clients_read() -> None:
+    """docs/types.rst: a boolean's names are its ascii; no names, '1'/'0'; hooks the number."""
+    seen: List[Any] = []
+
+    class Shutter(DFW.Keyword.Boolean):
+        def write(self, value: Any) -> None:
+            seen.append(value)
+
+    def setup(service: Any) -> None:
+        Shutter("SHUTTER", service, initial=False, enumerators=["Closed", "Open"])
+        DFW.Keyword.Boolean("PLAIN", service, initial=True)
+
+    with ServiceHarness(setup, "names") as harness:
+        svc = harness.client()
+        assert svc["SHUTTER"].read() == "Closed" and svc["PLAIN"].read() == "1"
+        svc["SHUTTER"].write("open")
+        assert seen == ["1"] and seen[0] == "Open" and seen[0].name == "Open"
+        assert svc["SHUTTER"].read() == "Open" and svc["SHUTTER"].read(binary=True) is True
+        assert harness.dispatcher["SHUTTER"].ascii == "Open"
+        assert harness.dispatcher["SHUTTER"].type.to_ascii(True) == "1"
+
+
 def test_service_log_is_callable_as_ktls(caplog: Any) -> None:
     svc = DFW.Service("logs", CFG, start=False)
     with caplog.at_level(logging.INFO, "cauldron_zmq.dispatcher.logs"):
