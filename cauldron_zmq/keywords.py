@@ -42,6 +42,7 @@ from typing import (Any, Callable, Deque, Dict, List, NamedTuple, Optional, Sequ
                     Tuple, Type)
 
 from .errors import ConversionError, NoWriteNecessary
+from .names import InvalidName, check_name
 from .types import KeywordType, _canonical_type, keyword_type
 
 __all__ = [
@@ -808,13 +809,22 @@ def _check_period(name: str, seconds: Any) -> float:
 
 
 def _keyword_name(name: Any) -> str:
+    """Stripped and upper-cased, then :func:`cauldron_zmq.names.check_name`.
+
+    The router refuses a registration whose keyword names that validator
+    refuses, so a bad name is refused here, where the code creating it can
+    see why, instead of failing ``begin()``.  White space inside is refused
+    too (as keyword files and KTL XML do): ``KW=value`` on a command line and
+    ``$svc.KW`` in an expression could not name it.  Anything KTL names use
+    (letters, digits, ``_``, ``-`` as in ``DATE-OBS``) is valid.
+    """
     if not isinstance(name, str):
         raise TypeError(f"keyword name must be a string, got {name!r}")
     text = name.strip().upper()
-    if not text or any(c.isspace() or c == "\x00" for c in text):
-        raise ValueError(f"invalid keyword name {name!r}: it must be non-empty, without "
-                         "whitespace or NUL")
-    return text
+    if not text or any(c.isspace() for c in text):
+        raise InvalidName(f"invalid keyword name {name!r}: it must be non-empty, without "
+                          "whitespace")
+    return check_name("keyword", text)
 
 
 def _epoch(appointment: Any) -> float:

@@ -28,7 +28,8 @@ from .client import _services as _client_services
 from .client import HistorySlice, Keyword, Service, ServiceShutDown, Task, UnknownKeyword
 from .config import Config
 from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
-                     DispatcherRestarted, RouterError, ServiceNotFound, TimeoutError)
+                     DispatcherRestarted, KeywordBusy, MessageTooLarge, RouterError,
+                     ServiceNotFound, TimeoutError)
 from .expression import ExpressionError
 from .expression import parse as parse_expression
 
@@ -38,7 +39,7 @@ __all__ = [
     "Service", "Keyword", "Task", "HistorySlice", "Expression",
     "CauldronError", "DispatcherError", "RouterError", "ServiceNotFound", "TimeoutError",
     "UnknownKeyword", "ServiceShutDown", "ExpressionError", "DispatcherRestarted",
-    "AuthenticationError", "ConversionError",
+    "AuthenticationError", "ConversionError", "KeywordBusy", "MessageTooLarge",
     "cache", "cache_clear", "read", "write", "monitor", "subscribe", "wait", "callback",
     "poll", "waitFor", "waitfor",
 ]

@@ -681,7 +681,8 @@ def test_a_producer_faster_than_the_io_thread_is_held_back(tmp_path: Path) -> No
 
 def test_foreign_process_on_the_port_pair(tmp_path: Path) -> None:
     """The first pair's dispatch port is held: the dispatcher process gets the next
-    pair, the router blocks the port for good, and a ktl client finds it there."""
+    pair, the router blocks the port (for a back-off: it is tried again later), and a
+    ktl client finds the dispatcher on its new pair."""
     kwfile = tmp_path / "kw.toml"
     kwfile.write_text(KEYWORDS)
     squatter = socket.socket()

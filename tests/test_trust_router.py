@@ -180,6 +180,7 @@ def test_forget_removes_a_stale_entry_from_the_command_line(tmp_path: Path) -> N
         assert result.exit_code == 0 and book_list(cfg)["entries"] == []
         result = runner.invoke(cli_main, ["forget", "a\\b", "-c", cfg.source])
         assert result.exit_code == 1 and "names are not paths" in result.output
+        assert result.output.startswith("cauldron-zmq forget: error: ")   # as every tool's
         result = runner.invoke(cli_main, ["forget", "nobody", "-c", cfg.source])
         assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import click
 
 from ..errors import CauldronError
+from ..names import InvalidName, check_name
 from .ktlargs import KtlCommand
 from .listing import list_keywords, list_services
 from ..types import json_value
@@ -114,7 +115,22 @@ def _timeout_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _service_option(required: bool = True) -> Callable[..., Any]:
     return click.option("-s", "--service", required=required, metavar="SERVICE",
+                        callback=_check_service,
                         help="The KTL service (KTL: -s, -service).")
+
+
+def _check_service(ctx: click.Context, _param: Any, value: Optional[str]) -> Optional[str]:
+    """``-s NAME`` by :func:`cauldron_zmq.names.check_name`, as the router will judge it.
+
+    A bad name (``a/b``, a control character) is one error line and exit
+    status 1 before anything is asked, not a look-up the router refuses.
+    """
+    if value is not None:
+        try:
+            check_name("service", value.strip().lower())
+        except InvalidName as exc:
+            _fail(ctx.info_name or "cauldron-zmq", exc)
+    return value
 
 
 def _jsonable(kw: Any, native: Any) -> Any:
