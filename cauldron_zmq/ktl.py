@@ -27,8 +27,8 @@ from . import client as _client
 from .client import _services as _client_services
 from .client import HistorySlice, Keyword, Service, ServiceShutDown, Task, UnknownKeyword
 from .config import Config
-from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
-                     DispatcherRestarted, KeywordBusy, MessageTooLarge, RouterError,
+from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherDown,
+                     DispatcherError, DispatcherRestarted, DispatcherSilent, KeywordBusy, MessageTooLarge, RouterError,
                      ServiceNotFound, TimeoutError)
 from .expression import ExpressionError
 from .expression import parse as parse_expression
@@ -40,6 +40,7 @@ __all__ = [
     "CauldronError", "DispatcherError", "RouterError", "ServiceNotFound", "TimeoutError",
     "UnknownKeyword", "ServiceShutDown", "ExpressionError", "DispatcherRestarted",
     "AuthenticationError", "ConversionError", "KeywordBusy", "MessageTooLarge",
+    "DispatcherDown", "DispatcherSilent",
     "cache", "cache_clear", "read", "write", "monitor", "subscribe", "wait", "callback",
     "poll", "waitFor", "waitfor",
 ]

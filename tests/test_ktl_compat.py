@@ -409,7 +409,8 @@ def test_dir_and_star_import_show_only_ktl_names() -> None:
     assert "Config" not in names
     # every error a script catches, those of bounded queues and sizes included
     from cauldron_zmq import errors
-    for name in ("KeywordBusy", "MessageTooLarge", "TimeoutError", "ConversionError"):
+    for name in ("KeywordBusy", "MessageTooLarge", "TimeoutError", "ConversionError",
+                 "DispatcherDown", "DispatcherSilent"):
         assert name in names and getattr(ktl, name) is getattr(errors, name)
     scope: Dict[str, Any] = {}
     exec("from cauldron_zmq.ktl import *", scope)  # noqa: S102 - the star import is the test
