@@ -20,6 +20,7 @@ Threads (ZeroMQ's rule: a socket is used by one thread only):
 from __future__ import annotations
 
 import collections
+import contextlib
 import difflib
 import heapq
 import logging
@@ -29,17 +30,19 @@ import queue
 import threading
 import time
 import weakref
-from typing import (Any, Callable, Deque, Dict, Iterable, List, NamedTuple, Optional, Set,
-                    Tuple, Union)
+from typing import (Any, Callable, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional,
+                    Set, Tuple, Union)
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
 from .backoff import LOOKUP, Schedule
+from .linksync import Repair
 from .config import Config, endpoint, load_config
-from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
-                     DispatcherRestarted, MessageTooLarge, ProtocolError,
+from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherDown,
+                     DispatcherError, DispatcherRestarted, DispatcherSilent, MessageTooLarge,
+                     ProtocolError,
                      RemoteError, RouterError, ServiceNotFound, TimeoutError, remote_exception)
 from .expression import OPERATORS, ExpressionError, Value, compare, parse_relative
 from .names import split_entries
@@ -54,6 +57,7 @@ __all__ = [
     "HistorySlice",
     "UnknownKeyword",
     "ServiceShutDown",
+    "deadline",
 ]
 
 log = logging.getLogger("cauldron_zmq.client")
@@ -67,6 +71,7 @@ _GRACE = 2.0                  # how long past its deadline a waiter trusts the I
 _RECONNECT_IVL_MS = 50        # ZeroMQ's own reconnect: quick on a restart...
 _RECONNECT_IVL_MAX_MS = 250   # ...and never slower than this
 _IDLE_TICK = 1.0              # the I/O loop wakes at least this often
+_LAST_TRY = 0.05              # Service(wait=): the last look-up starts this long before the end
 # Plain ints for the hot loop (no enum attribute look-ups per message).
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
@@ -117,8 +122,11 @@ class Task:
     """What ``read(wait=False)`` and ``write(wait=False)`` return.
 
     The I/O thread completes it (result or error) no later than its deadline,
-    so waiting without a timeout still ends.  ``status`` is ``'pending'``,
-    ``'success'`` or ``'error'``.
+    so waiting without a timeout still ends.  The one exception is an
+    acknowledged write its caller set no deadline for: the I/O thread moves
+    the deadline on while the dispatcher stays alive, and ends the task when
+    it goes silent or restarts.  ``status`` is ``'pending'``, ``'success'``
+    or ``'error'``.
     """
 
     def __init__(self, description: Union[str, Callable[[], str]] = "",
@@ -126,7 +134,11 @@ class Task:
                  deadline: Optional[float] = None) -> None:
         self._description = description   # or a function making it, called when needed
         self.request = request
-        self.deadline = deadline          # time.monotonic() by which the I/O thread ends it
+        self.created = time.monotonic()
+        # time.monotonic() by which the I/O thread ends it; the I/O thread moves
+        # it later for an acknowledged write it keeps waiting on (see _Engine._expire).
+        self.deadline = deadline
+        self.timeout = None if deadline is None else round(max(0.0, deadline - self.created), 3)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)   # completion and acknowledgement
         self._status = PENDING
@@ -165,10 +177,14 @@ class Task:
         """True once complete (success or error); False if ``timeout`` s passed first."""
         if self._status != PENDING:
             return True
-        if timeout is None:
-            timeout = self._default_wait()
         with self._cond:
-            return self._cond.wait_for(self.done, timeout)
+            if timeout is not None:
+                return self._cond.wait_for(self.done, timeout)
+            while True:                      # the deadline may move while we wait
+                if self._cond.wait_for(self.done, self._default_wait()):
+                    return True
+                if self.deadline is None or time.monotonic() >= self.deadline + _GRACE:
+                    return False
 
     def wait_acknowledged(self, timeout: Optional[float] = None) -> bool:
         """True once the dispatcher acknowledged the request (or it completed).
@@ -192,9 +208,13 @@ class Task:
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """The result; re-raises the error; TimeoutError if not complete in time."""
+        start = time.monotonic()
         if not self.wait(timeout):
+            asked = timeout if timeout is not None else self.timeout
+            waited = time.monotonic() - start
             raise TimeoutError(f"{self.description or 'task'}: not complete within "
-                               f"{_fmt_s(timeout if timeout is not None else self._default_wait())}")
+                               f"{_fmt_s(asked if asked is not None else waited)} "
+                               f"(gave up after waiting {_fmt_s(round(waited, 1))})")
         if self._status == ERROR:
             raise self._error  # type: ignore[misc]
         return self._result
@@ -243,9 +263,75 @@ class Task:
 
 
 def _fmt_s(seconds: Optional[float]) -> str:
+    """'2 s', '0.35 s': a timeout cut to what was left of a deadline is no 0.997389 s."""
     if seconds is None:
         return "?"
-    return f"{seconds:g} s"
+    return f"{round(seconds, 2 if seconds >= 0.1 else 3):g} s"
+
+
+# =============================================================================
+# Deadlines: one for a whole call
+# =============================================================================
+
+_scope = threading.local()      # .end: the time.monotonic() this thread's calls end by
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[float]:
+    """Every call this thread makes in the block ends within ``seconds``, all together.
+
+    ``Service(...)`` (look-up and keyword lists), ``svc[name]`` (describe),
+    ``read`` and ``write`` each take what is left, never more than their own
+    timeout; a TimeoutError leaving the block says how long was actually
+    waited.  Blocks nest (the earlier end wins).  ``caget -w 1`` gives up
+    after one second; ``with deadline(1): ...`` does too.  Yields the end
+    (``time.monotonic()``).
+    """
+    seconds = float(seconds)
+    if not seconds > 0:
+        raise ValueError(f"a deadline must be positive, got {seconds!r}")
+    outer = getattr(_scope, "end", None)
+    start = time.monotonic()
+    end = start + seconds if outer is None else min(outer, start + seconds)
+    _scope.end = end
+    try:
+        yield end
+    except TimeoutError as exc:
+        if not getattr(exc, "_waited", False) and exc.args:
+            exc.args = (f"{exc.args[0]} (gave up after {time.monotonic() - start:.1f} s; "
+                        f"the deadline was {_fmt_s(end - start)})",) + tuple(exc.args[1:])
+            exc._waited = True   # type: ignore[attr-defined]
+        raise
+    finally:
+        _scope.end = outer
+
+
+def _bounded(timeout: float, what: str = "the call") -> float:
+    """``timeout``, cut to what is left of the thread's :func:`deadline` (if any)."""
+    end = getattr(_scope, "end", None)
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"{what}: the deadline passed before it could start")
+    return min(timeout, left)
+
+
+def _left() -> float:
+    """Seconds left of the thread's deadline (inf without one)."""
+    end = getattr(_scope, "end", None)
+    return math.inf if end is None else end - time.monotonic()
+
+
+def _under_deadline() -> bool:
+    return getattr(_scope, "end", None) is not None
+
+
+def _seconds_or_none(value: Any) -> Optional[float]:
+    """A describe field that should be a positive number of seconds (else ignored)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 < value < math.inf else None
 
 
 # =============================================================================
@@ -256,12 +342,16 @@ class _Pending:
     """A request in flight; lives in the engine's table until answered or expired."""
 
     __slots__ = ("request", "link_key", "link", "task", "timeout", "deadline", "sent_at",
-                 "acked", "ack_started", "on_reply", "router")
+                 "acked", "ack_started", "on_reply", "router", "explicit")
 
     def __init__(self, request: protocol.Request, task: Task, timeout: float,
                  on_reply: Optional[Callable[[protocol.Reply], Any]],
-                 link_key: Optional[str] = None, router: bool = False) -> None:
+                 link_key: Optional[str] = None, router: bool = False,
+                 explicit: bool = True) -> None:
         self.request = request
+        # False: the caller set no deadline, so an acknowledged write keeps
+        # waiting while its dispatcher stays alive (see _Engine._expire).
+        self.explicit = explicit
         self.task = task
         self.timeout = timeout
         self.deadline = task.deadline if task.deadline is not None else time.monotonic() + timeout
@@ -301,6 +391,7 @@ class _Link:
         self.pid: Optional[int] = None
         self.gseq: Optional[int] = None
         self.synced = False            # a heartbeat arrived since the SUB (re)connected
+        self.repair = Repair()         # the re-reads owed after a possible loss
         self.interval: Optional[float] = None
         self.relookup_start: Optional[float] = None
         self.relookup_attempts = 0
@@ -481,16 +572,19 @@ class _Engine:
                raw: Optional[bytes] = None, link: Optional[str] = None,
                timeout: Optional[float] = None,
                on_reply: Optional[Callable[[protocol.Reply], Any]] = None,
-               description: Union[str, Callable[[], str]] = "") -> Task:
+               description: Union[str, Callable[[], str]] = "",
+               explicit: bool = True) -> Task:
         """Send a dispatcher request; the Task completes with ``on_reply(reply)``.
 
         ``description`` may be a function: it is called only if a message needs it.
+        ``explicit=False`` (a write the caller set no deadline for): once
+        acknowledged, it waits past ``timeout`` while the dispatcher stays alive.
         """
         timeout = self.timeout if timeout is None else float(timeout)
         req = protocol.request(command, target, {} if payload is None else payload, raw=raw)
         what = description or f"{self.service}.{target or '*'}: {command}"
         task = Task(what, req, time.monotonic() + timeout)
-        p = _Pending(req, task, timeout, on_reply, link_key=link)
+        p = _Pending(req, task, timeout, on_reply, link_key=link, explicit=explicit)
         self.post(lambda: self._send(p))
         return task
 
@@ -631,6 +725,9 @@ class _Engine:
             if link.relookup_start is not None and not link.lookup_inflight:
                 due = min(due, link.relookup_start +
                           self.lookup_schedule.time_of(link.relookup_attempts))
+            retry = link.repair.next_due() if link.alive else None
+            if retry is not None:     # while it is down, coming back re-reads anyway
+                due = min(due, retry)
         for _period, next_due in self.polls.values():
             due = min(due, next_due)
         return max(0, int(math.ceil((due - now) * 1000)))
@@ -647,6 +744,10 @@ class _Engine:
             if link.relookup_start is not None and not link.lookup_inflight and \
                     self.lookup_schedule.due(now - link.relookup_start, link.relookup_attempts):
                 self._relookup(link)
+            retry = link.repair.next_due() if link.alive else None
+            if retry is not None and retry <= now:
+                self._repair_reads(link, link.repair.due(now, self._tracked_names(link)),
+                                   "retrying a failed re-read")
         for name, slot in self.polls.items():
             if slot[1] <= now:
                 slot[1] = now + slot[0]
@@ -870,6 +971,8 @@ class _Engine:
         self.router_waiting[p.request.id] = [left, None]
 
     def _expire(self, p: _Pending) -> None:
+        if self._keep_waiting(p):
+            return
         self.pending.pop(p.request.id, None)
         if p.router:
             left, error = self.router_waiting.pop(p.request.id, [set(), None])
@@ -897,6 +1000,21 @@ class _Engine:
         if link.last_reply < p.sent_at and link.dealer is not None:
             self._reset_dealer(link)
             self._start_relookup(link)
+
+    def _keep_waiting(self, p: _Pending) -> bool:
+        """A slow write: acknowledged, no deadline from the caller, dispatcher alive.
+
+        It waits another liveness period; the dispatcher going silent
+        (_link_down) or restarting (_fail_orphaned) ends it with its own error.
+        """
+        link = p.link
+        if p.router or p.explicit or not p.acked or link is None or not link.alive \
+                or link.refused or p.request.command != "write":
+            return False
+        now = time.monotonic()
+        p.deadline = p.task.deadline = now + self._liveness(link)
+        heapq.heappush(self.deadlines, (p.deadline, p.request.id, p))
+        return True
 
     def _handshake_hint(self, error: str) -> str:
         """What a timeout message adds about security (nothing in the common case)."""
@@ -1115,7 +1233,7 @@ class _Engine:
             backwards = gseq < link.gseq
             self._resync(link, "broadcast sequence went backwards" if backwards
                          else f"lost broadcasts (heartbeat gseq {gseq}, last seen {link.gseq})",
-                         restarted=backwards)
+                         restarted=backwards, supersede=backwards)
         link.synced = True
         if isinstance(gseq, int):
             link.gseq = gseq
@@ -1126,7 +1244,8 @@ class _Engine:
             if gseq <= link.gseq:
                 self._resync(link, "broadcast sequence went backwards", restarted=True)
             elif gseq > link.gseq + 1:
-                self._resync(link, f"lost broadcasts (gseq {link.gseq} -> {gseq})")
+                self._resync(link, f"lost broadcasts (gseq {link.gseq} -> {gseq})",
+                             supersede=False)
         if isinstance(gseq, int):
             link.gseq = gseq
         name = b.keyword.upper()
@@ -1135,8 +1254,14 @@ class _Engine:
         if kw is not None:
             self._fire(kw, kw._ingest(b.payload, b.raw, BROADCAST))
 
-    def _resync(self, link: _Link, why: str, restarted: bool = False) -> None:
-        """Re-read what is monitored, waited on or polled, after a possible loss."""
+    def _resync(self, link: _Link, why: str, restarted: bool = False,
+                supersede: bool = True) -> None:
+        """Re-read what is monitored, waited on or polled, after a possible loss.
+
+        A lost or renewed connection supersedes the reads still in flight (one
+        may have gone to a process that is gone); a gap on a live connection
+        (``supersede=False``) queues one read behind them: see :mod:`.linksync`.
+        """
         if link.refused:          # nothing gets through; the next user request retries
             return
         for listener in self.loss_listeners:     # queued before the re-reads' callbacks
@@ -1147,12 +1272,38 @@ class _Engine:
             for kw in kws:
                 kw._forget_sequence()
             self._fail_orphaned(link)
-        tracked = [kw for kw in kws if kw._tracked()]
+        tracked = [kw.name for kw in kws if kw._tracked()]
         if tracked:
-            self.log.debug("%s: %s; re-reading %s", link.describe(), why,
-                           ", ".join(kw.name for kw in tracked))
-        for kw in tracked:
-            self._internal_read(kw.name, why)
+            self.log.debug("%s: %s; re-reading %s", link.describe(), why, ", ".join(tracked))
+        self._repair_reads(link, link.repair.lost(tracked, supersede), why)
+
+    def _tracked_names(self, link: _Link) -> List[str]:
+        return [name for name, kw in self.kwobjs.items()
+                if self.owner.get(name) is link and kw._tracked()]
+
+    def _repair_reads(self, link: _Link, names: Iterable[str], why: str) -> None:
+        epoch = link.repair.epoch
+        for name in names:
+            kw = self.kwobjs.get(name)
+            if kw is None or self.owner.get(name) is not link:
+                link.repair.done(name, epoch, False, time.monotonic(), tracked=False)
+                continue
+            req = protocol.request("read", name, {})
+            task = Task(f"{self.service}.{name}: read ({why})", req,
+                        time.monotonic() + self.timeout)
+            p = _Pending(req, task, self.timeout,
+                         lambda r, kw=kw: self._ingest_reply(kw, r, FRESH))
+            task.add_done_callback(
+                lambda t, n=name, k=kw: self._repair_done(link, n, epoch, t, k))
+            self._send(p)
+
+    def _repair_done(self, link: _Link, name: str, epoch: int, task: Task,
+                     kw: "Keyword") -> None:
+        if task.status == ERROR:
+            self.log.debug("%s", task.error)
+        again = link.repair.done(name, epoch, task.status == SUCCESS, time.monotonic(),
+                                 tracked=kw._tracked() and self.kwobjs.get(name) is kw)
+        self._repair_reads(link, again, "a loss while the last re-read was in flight")
 
     def _fail_orphaned(self, link: _Link) -> None:
         """Fail requests an earlier incarnation of the dispatcher acknowledged.
@@ -1219,6 +1370,7 @@ class _Engine:
         self._publish_alive()
         self.log.info("%s is answering again", link.describe())
         self._connection_changed(link, True)
+        self._resync(link, "answering again")
 
     def _link_down(self, link: _Link, now: float) -> None:
         link.alive = False
@@ -1226,8 +1378,34 @@ class _Engine:
         self._publish_alive()
         self.log.warning("%s: nothing heard for %.1f s; marking it disconnected",
                          link.describe(), now - link.last_heard)
+        self._fail_silent(link, now)
         self._connection_changed(link, False)
         self._start_relookup(link)
+
+    def _fail_silent(self, link: _Link, now: float) -> None:
+        """Requests in flight to a dispatcher known dead fail now, not at their timeouts.
+
+        Requests sent after this (while it is down) keep their timeouts: the
+        dispatcher may come back (a SIGSTOPped one does).  An unacknowledged one
+        that failed here is never delivered later (the DEALER is replaced).
+        """
+        silent = [p for p in self.pending.values() if p.link is link and not p.router]
+        if not silent:
+            return
+        ago = now - link.last_heard
+        since = time.strftime("%H:%M:%S", time.localtime(time.time() - ago))
+        for p in silent:
+            self.pending.pop(p.request.id, None)
+            fate = ("it acknowledged the request, which may or may not have been applied "
+                    "(read the keyword to know)" if p.acked else
+                    "no acknowledgement came, so it may or may not have reached it")
+            p.task._fail(DispatcherSilent(
+                f"{p.description}: {link.describe()} went silent: nothing heard since "
+                f"{since} ({ago:.1f} s ago, liveness {self._liveness(link):g} s); {fate}"))
+        if link.dealer is not None:
+            # A request reported failed must not reach a replacement later from
+            # the old socket's queue: a new socket drops what the old one held.
+            self._reset_dealer(link)
 
     def _connection_changed(self, link: _Link, connected: bool) -> None:
         for name, kw in self.kwobjs.items():
@@ -1321,6 +1499,8 @@ class Keyword:
         self._text = description.get("description") or ""
         self._readonly = bool(description.get("readonly"))
         self._writeonly = bool(description.get("writeonly"))
+        self._declared_timeout = _seconds_or_none(description.get("timeout"))
+        self.progress = description.get("progress") or None   # the keyword showing progress
         self._cond = threading.Condition()
         self._state = _State()
         self._local = threading.local()       # .state: what a running callback sees
@@ -1629,14 +1809,22 @@ class Keyword:
         wire, raw = self._encode(value)
         engine = self.service._engine_or_raise()
         task = engine.submit("write", self._name, {"value": wire}, raw=raw,
-                             timeout=self._timeout(timeout),
+                             timeout=self._timeout(timeout), explicit=self._explicit(timeout),
                              on_reply=lambda r: self._result(engine._ingest_reply(self, r),
                                                              r.raw, binary, False),
                              description=lambda: f"{self.full_name}: write {_short(value)}")
         return task if not wait else task.get()
 
     def _timeout(self, timeout: Optional[float]) -> float:
-        return self.service.timeout if timeout is None else float(timeout)
+        """The caller's, else the keyword's declared, else the service's; cut to a deadline()."""
+        if timeout is None:
+            timeout = self._declared_timeout or self.service.timeout
+        return _bounded(float(timeout), self.full_name)
+
+    def _explicit(self, timeout: Optional[float]) -> bool:
+        """Whether a deadline bounds a write even after the dispatcher acknowledged it."""
+        return (timeout is not None or self._declared_timeout is not None
+                or self.service._explicit_timeout or _under_deadline())
 
     def _encode(self, value: Any) -> Tuple[Any, Optional[bytes]]:
         """Text goes as ascii (the dispatcher parses it); anything else as wire JSON.
@@ -2119,9 +2307,11 @@ class Service:
         self._engine: Optional[_Engine] = _Engine(self.name, self.config, self.timeout, self.log)
         self._engine.start()
         try:
-            self._connect(wait)
-            if populate:
-                self._populate()
+            # One deadline for the whole constructor: ``wait`` if given, else the timeout.
+            with deadline(float(wait) if wait else self.timeout):
+                self._connect(wait)
+                if populate:
+                    self._populate()
         except BaseException:
             self.shutdown()
             raise
@@ -2129,7 +2319,8 @@ class Service:
 
     # ------------------------------------------------------------- connect
     def _connect(self, wait: Optional[float]) -> None:
-        deadline = time.monotonic() + (float(wait) if wait else 0.0)
+        """Look up and connect; with ``wait``, retry until the constructor's deadline."""
+        end = getattr(_scope, "end", None) or math.inf
         start, attempt = time.monotonic(), 0
         while True:
             try:
@@ -2137,11 +2328,19 @@ class Service:
                 return
             except (ServiceNotFound, TimeoutError) as exc:
                 attempt += 1
-                next_at = start + LOOKUP.time_of(attempt)
-                if wait is None or next_at > deadline:
+                now = time.monotonic()
+                # the last attempt comes just before the end, not after it
+                next_at = min(start + LOOKUP.time_of(attempt), end - _LAST_TRY)
+                if not wait or now >= end - _LAST_TRY:
+                    hint = self._service_hint() if isinstance(exc, ServiceNotFound) else ""
                     if wait:
-                        raise type(exc)(f"{exc} (still, after waiting {wait:g} s)") from None
-                    raise
+                        hint += f" (still, after {now - start:.1f} s of waiting up to " \
+                                f"{float(wait):g} s)"
+                    if not hint:
+                        raise
+                    again = type(exc)(f"{exc}{hint}")
+                    again._waited = bool(wait)   # type: ignore[attr-defined]
+                    raise again from None
                 self.log.debug("%s; retrying", exc)
                 time.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -2149,7 +2348,8 @@ class Service:
         engine = self._engine_or_raise()
         entries = self._lookup() if self.config.router.enable else [self._static_entry()]
         keys = engine.call(lambda: engine.io_add_links(entries))
-        tasks = {key: engine.submit("list", link=key, description=f"{self.name}: list")
+        tasks = {key: engine.submit("list", link=key, description=f"{self.name}: list",
+                                    timeout=_bounded(self.timeout, f"{self.name}: list"))
                  for key in keys}
         errors = []
         for key, task in tasks.items():
@@ -2162,6 +2362,8 @@ class Service:
         refused = [exc for exc in errors if isinstance(exc, AuthenticationError)]
         if errors and len(errors) == len(tasks) and (not engine.names or refused):
             raise (refused or errors)[0]
+        if errors and _left() < 0.05:       # no time left for anything else: say why
+            raise errors[0]
         for exc in errors:
             self.log.warning("%s; using the router's keyword list for it", exc)
 
@@ -2172,9 +2374,10 @@ class Service:
 
     def _lookup(self) -> List[Dict[str, Any]]:
         engine = self._engine_or_raise()
+        what = f"looking up service {self.name!r}"
         timeout = self.timeout if self._explicit_timeout else engine.router_timeout
-        task = engine.router_request("lookup", self.name, timeout=timeout,
-                                     description=f"looking up service {self.name!r}")
+        task = engine.router_request("lookup", self.name, timeout=_bounded(timeout, what),
+                                     description=what)
         try:
             result = task.get()
         except RouterError as exc:
@@ -2195,11 +2398,71 @@ class Service:
                                   f"lists no dispatcher for it")
         return entries
 
+    def _book(self) -> List[Dict[str, Any]]:
+        """The router's book entries (every service, down ones too); [] if it cannot tell."""
+        engine = self._engine_or_raise()
+        if not self.config.router.enable:
+            return []
+        try:
+            task = engine.router_request("list", timeout=_bounded(engine.router_timeout),
+                                         description="listing the router's book")
+            book = task.get()
+        except CauldronError as exc:
+            self.log.debug("cannot list the router's book: %s", exc)
+            return []
+        entries = book.get("entries") if isinstance(book, dict) else None
+        return [e for e in entries or () if isinstance(e, dict)]
+
+    def _service_hint(self) -> str:
+        """'; did you mean 'focus'?' from the services the router knows."""
+        if _left() < 0.05:
+            return ""
+        names = {str(e.get("service") or "") for e in self._book()}
+        close = difflib.get_close_matches(self.name, sorted(n for n in names if n), 3, 0.6)
+        return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+    def _down_error(self, name: str) -> Optional[DispatcherDown]:
+        """The error for a keyword whose dispatcher is down (the router's book says)."""
+        for entry in self._book():
+            if str(entry.get("service") or "").lower() != self.name or \
+                    name not in {str(k).upper() for k in entry.get("keywords") or ()}:
+                continue
+            state = str(entry.get("state") or "")
+            if state == "live":
+                return None
+            age = entry.get("age")
+            heard = f"last heard {age:.0f} s ago" if isinstance(age, (int, float)) else state
+            return DispatcherDown(f"{self.name}.{name} is served by dispatcher "
+                                  f"{entry.get('dispatcher')!r}, which is down ({heard})")
+        return None
+
+    def _silent_error(self, name: str) -> Optional[DispatcherDown]:
+        """The error for a keyword whose dispatcher this client knows is silent."""
+        engine = self._engine_or_raise()
+
+        def state() -> Optional[Tuple[str, bool, bool, float]]:
+            link = engine.owner.get(name)
+            if link is None:
+                return None
+            return (link.name, link.alive, link.started is not None,
+                    time.monotonic() - link.last_heard)
+        try:
+            found = engine.call(state, timeout=1.0)
+        except CauldronError:
+            return None
+        if found is None or found[1]:
+            return None
+        who, _alive, heard, ago = found
+        how = (f"which is down (last heard {ago:.0f} s ago)" if heard else
+               f"which has not answered since this client connected ({ago:.0f} s ago)")
+        return DispatcherDown(f"{self.name}.{name} is served by dispatcher {who!r}, {how}")
+
     def _populate(self) -> None:
         """Create every Keyword in one describe round trip per dispatcher."""
         engine = self._engine_or_raise()
         keys = sorted(set(engine.names.values()))
-        tasks = [engine.submit("describe", "", link=key, description=f"{self.name}: describe")
+        tasks = [engine.submit("describe", "", link=key, description=f"{self.name}: describe",
+                               timeout=_bounded(self.timeout, f"{self.name}: describe"))
                  for key in keys]
         for task in tasks:
             result = task.get() or {}
@@ -2223,10 +2486,19 @@ class Service:
         if kw is not None:
             return kw
         if not self.has_keyword(upper):
-            raise UnknownKeyword(unknown_keyword_message(self.name, upper, self.keywords()))
-        desc, raw = self._engine_or_raise().submit(
-            "describe", upper, on_reply=lambda r: (r.payload, r.raw),
-            description=f"{self.name}.{upper}: describe").get()
+            raise self._down_error(upper) or UnknownKeyword(
+                unknown_keyword_message(self.name, upper, self.keywords()))
+        what = f"{self.name}.{upper}: describe"
+        try:
+            desc, raw = self._engine_or_raise().submit(
+                "describe", upper, on_reply=lambda r: (r.payload, r.raw), description=what,
+                timeout=_bounded(self.timeout, what)).get()
+        except TimeoutError:
+            down = self._silent_error(upper) or (
+                None if _left() < 0.05 else self._down_error(upper))
+            if down is not None:
+                raise down from None
+            raise
         return self._adopt(upper, desc if isinstance(desc, dict) else {}, raw)
 
     def _adopt(self, name: str, desc: Dict[str, Any], raw: Optional[bytes] = None) -> Keyword:
@@ -2263,10 +2535,18 @@ class Service:
             return iter(list(self._keywords.values()))
 
     def read(self, keyword: str, *args: Any, **kwargs: Any) -> Any:
-        return self[keyword].read(*args, **kwargs)
+        """``self[keyword].read(...)``: describe and read within the one timeout."""
+        timeout = kwargs.get("timeout")
+        with deadline(float(timeout) if timeout is not None else self.timeout):
+            return self[keyword].read(*args, **kwargs)
 
     def write(self, keyword: str, value: Any, *args: Any, **kwargs: Any) -> Any:
-        return self[keyword].write(value, *args, **kwargs)
+        """``self[keyword].write(...)``; an explicit ``timeout`` bounds describe and write."""
+        timeout = kwargs.get("timeout")
+        if timeout is None:
+            return self[keyword].write(value, *args, **kwargs)
+        with deadline(float(timeout)):
+            return self[keyword].write(value, *args, **kwargs)
 
     def isAlive(self) -> bool:  # noqa: N802 - KTL's name
         """True if every dispatcher of the service was heard from within liveness."""
@@ -2278,6 +2558,7 @@ class Service:
         return engine.call(lambda: [
             {"dispatcher": link.name, "address": link.dispatch_address,
              "broadcast": link.broadcast_address, "alive": link.alive,
+             "in_sync": link.repair.in_sync(),     # every re-read owed has answered
              "keywords": len(link.keywords)} for link in engine.links.values()])
 
     def add_loss_listener(self, listener: Callable[[str, bool], Any]) -> None:

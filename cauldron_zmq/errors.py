@@ -218,3 +218,26 @@ class MessageTooLarge(CauldronError, ValueError):
 #: Error codes whose client-side exception has a class of its own.
 _BY_CODE: Dict[str, Type[RemoteError]] = {"busy": KeywordBusy}
 __all__ += ["KeywordBusy", "MessageTooLarge"]
+
+
+class DispatcherDown(CauldronError, ConnectionError):
+    """The dispatcher that serves a keyword is not answering (stopped, killed or expired).
+
+    Not :class:`UnknownKeyword`: the keyword exists, its dispatcher is down.
+    """
+
+    def __str__(self) -> str:   # OSError would show "[Errno ...]" for two arguments
+        return str(self.args[0]) if self.args else ""
+
+
+class DispatcherSilent(DispatcherDown, TimeoutError):
+    """A request was in flight when its dispatcher went silent (liveness expired).
+
+    Raised as soon as the silence is known, not at the request's timeout; the
+    message says since when nothing was heard.  A slow write whose dispatcher
+    keeps its heartbeats is a plain :class:`TimeoutError` instead (only with
+    an explicit deadline).  A write may or may not have been applied.
+    """
+
+
+__all__ += ["DispatcherDown", "DispatcherSilent"]

@@ -50,7 +50,7 @@ __all__ = ["KeywordSpec", "read_keyword_file", "parse_keywords", "load_keywords"
 
 #: Keys a ``[keyword.NAME]`` table may hold.
 KEYS = ("type", "units", "min", "max", "enumerators", "initial", "read-only",
-        "write-only", "description", "period", "persist")
+        "write-only", "description", "period", "persist", "timeout", "progress")
 #: Spellings people reach for, mapped to the key they meant (for suggestions only).
 _KEY_ALIASES = {"minimum": "min", "maximum": "max", "readonly": "read-only",
                 "read_only": "read-only", "writeonly": "write-only", "write_only": "write-only",
@@ -77,6 +77,8 @@ class KeywordSpec:
     description: Optional[str] = None
     period: Optional[float] = None
     persist: bool = False
+    timeout: Optional[float] = None
+    progress: Optional[str] = None
 
     def create(self, service: Any) -> Keyword:
         """The keyword, attached to ``service``."""
@@ -85,7 +87,8 @@ class KeywordSpec:
                    units=self.units, description=self.description, minimum=self.minimum,
                    maximum=self.maximum, readonly=self.readonly, writeonly=self.writeonly,
                    persist=self.persist,
-                   enumerators=list(self.enumerators) if self.enumerators else None)
+                   enumerators=list(self.enumerators) if self.enumerators else None,
+                   timeout=self.timeout, progress=self.progress)
 
 
 class _Where:
@@ -192,7 +195,8 @@ def _spec(name: str, body: Mapping[str, Any], where: _Where) -> KeywordSpec:
         name=name, type=kind, units=_text(body, "units", where), minimum=minimum,
         maximum=maximum, enumerators=enumerators, initial=initial, readonly=readonly,
         writeonly=writeonly, description=_text(body, "description", where),
-        period=_period(body, where), persist=_flag(body, "persist", where))
+        period=_period(body, where), persist=_flag(body, "persist", where),
+        timeout=_period(body, where, "timeout"), progress=_text(body, "progress", where))
 
 
 def _type(body: Mapping[str, Any], where: _Where) -> str:
@@ -254,13 +258,13 @@ def _text(body: Mapping[str, Any], key: str, where: _Where) -> Optional[str]:
     return value
 
 
-def _period(body: Mapping[str, Any], where: _Where) -> Optional[float]:
-    value = body.get("period")
+def _period(body: Mapping[str, Any], where: _Where, key: str = "period") -> Optional[float]:
+    value = body.get(key)
     if value is None:
         return None
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or not math.isfinite(value) or value <= 0):
-        raise where.error("period", f"expected a positive number of seconds, got {value!r}")
+        raise where.error(key, f"expected a positive number of seconds, got {value!r}")
     return float(value)
 
 

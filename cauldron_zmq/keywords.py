@@ -42,6 +42,7 @@ from typing import (Any, Callable, Deque, Dict, List, NamedTuple, Optional, Sequ
                     Tuple, Type)
 
 from .errors import ConversionError, NoWriteNecessary
+from .names import InvalidName, check_name
 from .types import KeywordType, _canonical_type, keyword_type
 
 __all__ = [
@@ -245,7 +246,9 @@ class Keyword:
                  read: Optional[Callable[..., Any]] = None,
                  postread: Optional[Callable[..., Any]] = None,
                  update: Optional[Callable[..., Any]] = None,
-                 format: Optional[str] = None) -> None:  # noqa: A002 - KTL's word
+                 format: Optional[str] = None,  # noqa: A002 - KTL's word
+                 timeout: Optional[float] = None,
+                 progress: Optional[str] = None) -> None:
         self._fast: Optional[Tuple[bool, bool]] = None
         self.name = _keyword_name(name)
         self.service = service
@@ -263,6 +266,9 @@ class Keyword:
             initial = _pick(initial, decl.initial)
             readonly = readonly or decl.readonly
             writeonly = writeonly or decl.writeonly
+            # <serverside><timeout>S</timeout><progress>KW</progress>: see docs/client.rst
+            timeout = _pick(timeout, decl.serverside_value("timeout"))
+            progress = _pick(progress, decl.serverside_value("progress"))
         if kind in ("enumerated", "mask") and enumerators is None:
             kind = "integer"      # no names (yet): see _set_enumerators
         self.type: KeywordType = keyword_type(kind, name=self.name, minimum=minimum,
@@ -287,6 +293,10 @@ class Keyword:
             raise ValueError(f"{self.name}: a keyword cannot be both read-only and write-only")
         self.persist = bool(persist)
         self.initial = initial
+        # What clients are told (describe): a write's default deadline in seconds
+        # (a long move says how long it may take) and the keyword showing its progress.
+        self.timeout = None if timeout is None else _check_seconds(self.name, "timeout", timeout)
+        self.progress = None if progress is None else _keyword_name(progress)
         if period is not None:
             _check_period(self.name, period)
         self.history: Deque[Tuple[Any, float]] = deque(maxlen=HISTORY_LENGTH)
@@ -713,7 +723,8 @@ class Keyword:
         out.update({"ktl_type": self.type.ktl_type, "units": self.units,
                     "description": self.description, "readonly": self.readonly,
                     "writeonly": self.writeonly, "period": self._period,
-                    "persist": self.persist})
+                    "persist": self.persist, "timeout": self.timeout,
+                    "progress": self.progress})
         return out
 
     # ----------------------------------------------------------- fast path
@@ -776,6 +787,17 @@ def _defaults(kw: Keyword, hooks: Sequence[str]) -> bool:
                for hook in hooks)
 
 
+def _check_seconds(name: str, what: str, seconds: Any) -> float:
+    """A positive, finite number of seconds (a keyword's declared timeout)."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(seconds, bool) or not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}: {what} must be a positive number of seconds, got {seconds!r}")
+    return value
+
+
 def _check_period(name: str, seconds: Any) -> float:
     try:
         value = float(seconds)
@@ -787,13 +809,22 @@ def _check_period(name: str, seconds: Any) -> float:
 
 
 def _keyword_name(name: Any) -> str:
+    """Stripped and upper-cased, then :func:`cauldron_zmq.names.check_name`.
+
+    The router refuses a registration whose keyword names that validator
+    refuses, so a bad name is refused here, where the code creating it can
+    see why, instead of failing ``begin()``.  White space inside is refused
+    too (as keyword files and KTL XML do): ``KW=value`` on a command line and
+    ``$svc.KW`` in an expression could not name it.  Anything KTL names use
+    (letters, digits, ``_``, ``-`` as in ``DATE-OBS``) is valid.
+    """
     if not isinstance(name, str):
         raise TypeError(f"keyword name must be a string, got {name!r}")
     text = name.strip().upper()
-    if not text or any(c.isspace() or c == "\x00" for c in text):
-        raise ValueError(f"invalid keyword name {name!r}: it must be non-empty, without "
-                         "whitespace or NUL")
-    return text
+    if not text or any(c.isspace() for c in text):
+        raise InvalidName(f"invalid keyword name {name!r}: it must be non-empty, without "
+                          "whitespace")
+    return check_name("keyword", text)
 
 
 def _epoch(appointment: Any) -> float:

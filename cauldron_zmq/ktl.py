@@ -27,8 +27,9 @@ from . import client as _client
 from .client import _services as _client_services
 from .client import HistorySlice, Keyword, Service, ServiceShutDown, Task, UnknownKeyword
 from .config import Config
-from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherError,
-                     DispatcherRestarted, RouterError, ServiceNotFound, TimeoutError)
+from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherDown,
+                     DispatcherError, DispatcherRestarted, DispatcherSilent, KeywordBusy, MessageTooLarge, RouterError,
+                     ServiceNotFound, TimeoutError)
 from .expression import ExpressionError
 from .expression import parse as parse_expression
 
@@ -38,7 +39,8 @@ __all__ = [
     "Service", "Keyword", "Task", "HistorySlice", "Expression",
     "CauldronError", "DispatcherError", "RouterError", "ServiceNotFound", "TimeoutError",
     "UnknownKeyword", "ServiceShutDown", "ExpressionError", "DispatcherRestarted",
-    "AuthenticationError", "ConversionError",
+    "AuthenticationError", "ConversionError", "KeywordBusy", "MessageTooLarge",
+    "DispatcherDown", "DispatcherSilent",
     "cache", "cache_clear", "read", "write", "monitor", "subscribe", "wait", "callback",
     "poll", "waitFor", "waitfor",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "INT32_MAX",
     "KeywordType",
     "keyword_type",
+    "json_value",
 ]
 
 TYPE_NAMES: Tuple[str, ...] = (
@@ -1067,3 +1068,19 @@ def _array_equal(a: Any, b: Any) -> bool:
     except TypeError:
         return False
     return len(left) == len(right) and all(_scalar_equal(x, y) for x, y in zip(left, right))
+
+
+def json_value(kind: "KeywordType", native: Any) -> Any:
+    """A native value as plain JSON (the CLI's ``--json``, the web gateway): arrays as
+    lists, NaN and infinities as their wire text (JSON has no number for them)."""
+    if native is None:
+        return None
+    try:
+        wire, raw = kind.to_wire(native)
+    except (ValueError, TypeError):
+        return str(native)
+    if raw is not None:
+        return native.tolist()
+    if isinstance(wire, float) and not math.isfinite(wire):
+        return str(wire)
+    return wire

@@ -12,3 +12,5 @@ extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode"]
 master_doc = "index"
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
+# cauldron_zmq.web.app imports starlette, the [web] extra: the docs build with [docs] alone.
+autodoc_mock_imports = ["starlette", "uvicorn"]

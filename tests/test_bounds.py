@@ -249,5 +249,5 @@ def test_set_waits_on_a_condition_while_the_broadcast_queue_is_full(
         gate.set()                                 # the I/O thread drains: set() resumes
         assert finished.wait(20)
         producer.join(5)
-        assert count.value == 500
+        assert count.binary == 500
     assert sleeps == []                        # the old loop slept 1 ms at a time

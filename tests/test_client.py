@@ -132,7 +132,7 @@ def test_wait_for_a_service_that_comes_up(harness: ServiceHarness) -> None:
         late.shutdown()
     with pytest.raises(ServiceNotFound) as info:
         ktl.Service("never", config=harness.config, wait=0.3)
-    assert "after waiting 0.3 s" in str(info.value)
+    assert "of waiting up to 0.3 s" in str(info.value)
 
 
 def test_shut_down_service_refuses_calls(harness: ServiceHarness) -> None:

@@ -352,6 +352,51 @@ def test_the_harness_serves_xml_in_process(tmp_path: Path) -> None:
         assert harness.dispatcher["LAMPON"].value == "1" and svc["LAMPON"].read() == "on"
 
 
+def test_boolean_names_in_code_are_the_ascii_clients_read() -> None:
+    """docs/types.rst: a boolean's names are its ascii; no names, '1'/'0'; hooks the number."""
+    seen: List[Any] = []
+
+    class Shutter(DFW.Keyword.Boolean):
+        def write(self, value: Any) -> None:
+            seen.append(value)
+
+    def setup(service: Any) -> None:
+        Shutter("SHUTTER", service, initial=False, enumerators=["Closed", "Open"])
+        DFW.Keyword.Boolean("PLAIN", service, initial=True)
+
+    with ServiceHarness(setup, "names") as harness:
+        svc = harness.client()
+        assert svc["SHUTTER"].read() == "Closed" and svc["PLAIN"].read() == "1"
+        svc["SHUTTER"].write("open")
+        assert seen == ["1"] and seen[0] == "Open" and seen[0].name == "Open"
+        assert svc["SHUTTER"].read() == "Open" and svc["SHUTTER"].read(binary=True) is True
+        assert harness.dispatcher["SHUTTER"].ascii == "Open"
+        assert harness.dispatcher["SHUTTER"].type.to_ascii(True) == "1"
+
+
+@pytest.mark.parametrize("name", ["a/b", "A\\B", "..", "a b", "", "x\x01y", "K" * 257])
+def test_keyword_names_use_the_one_validator(name: str) -> None:
+    """names.check_name (issue 10 item 4) at construction, not a refused registration later."""
+    svc = DFW.Service("names", CFG, start=False)
+    with pytest.raises(ValueError, match="keyword name"):
+        DFW.Keyword.Basic(name, svc)
+    assert list(svc) == []
+
+
+def test_keyword_names_ktl_uses_are_served() -> None:
+    """DATE-OBS, underscores, digits, dots, any case: registered and read end to end."""
+    names = ["DATE-OBS", "ccd_temp2", "FOC1", "X.Y", "tel-ra_2"]
+
+    def setup(service: Any) -> None:
+        for i, name in enumerate(names):
+            DFW.Keyword.Integer(name, service, initial=i)
+
+    with ServiceHarness(setup, "names") as harness:
+        svc = harness.client()
+        assert sorted(svc.keywords()) == sorted(n.upper() for n in names)
+        assert [svc[n].read() for n in names] == ["0", "1", "2", "3", "4"]
+
+
 def test_service_log_is_callable_as_ktls(caplog: Any) -> None:
     svc = DFW.Service("logs", CFG, start=False)
     with caplog.at_level(logging.INFO, "cauldron_zmq.dispatcher.logs"):

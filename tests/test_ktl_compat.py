@@ -10,7 +10,6 @@ ValueErrors.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
@@ -408,6 +407,11 @@ def test_dir_and_star_import_show_only_ktl_names() -> None:
     assert "waitFor" in names and "Expression" in names and "cache" in names
     assert "threading" not in names and "parse_expression" not in names
     assert "Config" not in names
+    # every error a script catches, those of bounded queues and sizes included
+    from cauldron_zmq import errors
+    for name in ("KeywordBusy", "MessageTooLarge", "TimeoutError", "ConversionError",
+                 "DispatcherDown", "DispatcherSilent"):
+        assert name in names and getattr(ktl, name) is getattr(errors, name)
     scope: Dict[str, Any] = {}
     exec("from cauldron_zmq.ktl import *", scope)  # noqa: S102 - the star import is the test
     public = {k for k in scope if not k.startswith("__")}

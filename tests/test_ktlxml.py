@@ -306,3 +306,22 @@ def test_xinclude_of_local_files(tmp_path: Path) -> None:
                     '<xi:include href="missing.xml"/></bundle>')
     with pytest.raises(ConfigurationError, match=r"<xi:include>: cannot read .*missing.xml"):
         ktlxml.read_bundle(main)
+
+
+def test_serverside_timeout_and_progress_reach_describe(tmp_path: Path) -> None:
+    bundle(tmp_path, """
+        <keyword><name>FOCUS</name><type>double</type>
+          <serverside><timeout>90</timeout><progress>FOCUSPROG</progress></serverside>
+        </keyword>
+        <keyword><name>FOCUSPROG</name><type>integer</type></keyword>""")
+    svc = Service("demo", CFG, xml=tmp_path)
+    assert svc["FOCUS"].timeout == 90.0 and svc["FOCUS"].progress == "FOCUSPROG"
+    assert svc["FOCUS"].describe()["timeout"] == 90.0
+    coded = Service("demo", CFG, xml=tmp_path, setup=lambda s: DFW.Double("FOCUS", s, timeout=5))
+    assert coded["FOCUS"].timeout == 5.0                  # the code wins over the XML
+    (tmp_path / "bad").mkdir()
+    bad = bundle(tmp_path / "bad", """
+        <keyword><name>BAD</name><type>double</type>
+          <serverside><timeout>soon</timeout></serverside></keyword>""")
+    with pytest.raises(ValueError, match="BAD: timeout must be a positive number"):
+        Service("demo", CFG, xml=bad)

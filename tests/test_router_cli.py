@@ -289,8 +289,9 @@ def test_services_json_and_empty_table(tmp_path: Path, ctx: zmq.Context,
         client.register("svc", "c", "127.0.0.1", avoid=[cfg.router.last_port])
     table = runner.invoke(services, ["-c", str(config)])
     assert table.exit_code == 0, table.output
-    assert table.output.splitlines()[-1] == \
-        f"blocked ports (never handed out again): {cfg.router.last_port}"
+    assert table.output.splitlines()[-1] == (       # retried, not blocked for good
+        "blocked ports (a dispatcher could not bind them; tried again after a back-off, "
+        f"or 'cauldron-zmq unblock'): {cfg.router.last_port}")
     result = runner.invoke(services, ["-c", str(config), "--json", "-t", "2"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)

@@ -50,6 +50,7 @@ def test_serve_runs_a_toml_service_until_sigterm(tmp_path: Any) -> None:
             line = proc.stderr.readline().decode()
             match = re.search(r"requests (tcp://\S+), broadcasts (tcp://\S+);", line)
             assert match, line + proc.stderr.read().decode()
+            assert line.startswith("serving sim (dispatcher d1, 2 keywords): "), line
             [entry] = router_request(cfg, "lookup", "sim")["dispatchers"]
             assert entry["dispatcher"] == "d1" and entry["keywords"] == ["MODE", "TEMP"]
             with Client(match.group(1), match.group(2)) as client:
@@ -65,6 +66,30 @@ def test_serve_runs_a_toml_service_until_sigterm(tmp_path: Any) -> None:
                 proc.communicate()
         assert proc.returncode == 0, err.decode()
         wait_for(lambda: _not_found(cfg, "sim"), what="the service to unregister")
+
+
+def test_serve_says_1_keyword(tmp_path: Any) -> None:
+    """The announcement counts in English: '1 keyword', not '1 keywords' (issue 11)."""
+    cfg = router_config(tmp_path)
+    kwfile = tmp_path / "one.toml"
+    kwfile.write_text('[keyword.TEMP]\ntype = "double"\ninitial = 1.5\n')
+    path = write_config(cfg, tmp_path / "cfg.toml")
+    with router_process(cfg, tmp_path, "router.toml"):
+        proc = subprocess.Popen([sys.executable, "-m", "cauldron_zmq", "serve", "one",
+                                 str(kwfile), "-c", path],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=child_env())
+        try:
+            line = proc.stderr.readline().decode()
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert line.startswith("serving one (dispatcher default, 1 keyword): "), \
+            line + err.decode()
+        assert proc.returncode == 0, err.decode()
 
 
 def _not_found(cfg: Any, service: str) -> bool:

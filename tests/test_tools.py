@@ -85,6 +85,23 @@ def test_show_errors(harness: ServiceHarness) -> None:
     assert out.returncode == 2 and "Missing argument" in out.stderr
 
 
+@pytest.mark.parametrize("args, why", [
+    (["show", "-s", "../tools", "COUNT"], "names are not paths"),
+    (["modify", "-service", "a\\b", "COUNT=4"], "names are not paths"),
+    (["monitor", "-s", "..", "COUNT", "--count", "1"], "is not a name"),
+    (["list", "-s", "to\x01ols"], "control characters"),
+])
+def test_a_bad_service_name_is_one_line(harness: ServiceHarness, args: List[str],
+                                        why: str) -> None:
+    """``-s`` is judged by names.check_name before anything is asked (exit 1, one line)."""
+    before = harness.dispatcher["COUNT"].seq
+    out = cli(harness, *args)
+    assert out.returncode == 1, out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"cauldron-zmq {args[0]}: error: service name ") and why in line
+    assert out.stdout == "" and harness.dispatcher["COUNT"].seq == before   # nothing written
+
+
 def test_modify(harness: ServiceHarness) -> None:
     harness.dispatcher["MODE"].set("STANDBY")
     out = cli(harness, "modify", "-s", "tools", "COUNT=5", "TEMP", "=-3.5", "MODE=", "ON",

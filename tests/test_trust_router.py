@@ -25,7 +25,8 @@ from cauldron_zmq.dispatcher import Service
 from cauldron_zmq.errors import CauldronError, RouterError
 from cauldron_zmq.persist import persist_path
 from cauldron_zmq.router import Router, RouterClient
-from cauldron_zmq.testing import ServiceHarness, free_port, wait_until, write_test_config
+from cauldron_zmq.testing import (ServiceHarness, _child_env, free_port, wait_until,
+                                  write_test_config)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,15 +36,6 @@ KEYWORDS = textwrap.dedent("""
     initial = 1
     persist = true
 """)
-
-
-def _child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    env.pop("CAULDRON_ZMQ_CONFIG", None)
-    return env
 
 
 @pytest.fixture
@@ -188,6 +180,7 @@ def test_forget_removes_a_stale_entry_from_the_command_line(tmp_path: Path) -> N
         assert result.exit_code == 0 and book_list(cfg)["entries"] == []
         result = runner.invoke(cli_main, ["forget", "a\\b", "-c", cfg.source])
         assert result.exit_code == 1 and "names are not paths" in result.output
+        assert result.output.startswith("cauldron-zmq forget: error: ")   # as every tool's
         result = runner.invoke(cli_main, ["forget", "nobody", "-c", cfg.source])
         assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
 
@@ -197,7 +190,7 @@ def test_forget_removes_a_stale_entry_from_the_command_line(tmp_path: Path) -> N
 def test_a_dispatcher_is_not_looked_up_before_it_binds(tmp_path: Path,
                                                        monkeypatch: Any) -> None:
     cfg = load_config(write_test_config(tmp_path))
-    reserved, release = threading.Event(), threading.Event()
+    reserved = threading.Event()
     seen: List[Any] = []
     real = Service._bind_registered
 

@@ -28,7 +28,8 @@ _TIMEOUT = click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open
 
 
 def _fail(command: str, message: str) -> None:
-    click.echo(f"cauldron-zmq {command}: {' '.join(message.split())}", err=True)
+    """One line on stderr, as every tool's error (docs/cli.rst), and exit status 1."""
+    click.echo(f"cauldron-zmq {command}: error: {' '.join(message.split())}", err=True)
     sys.exit(1)
 
 

@@ -95,7 +95,8 @@ def services(config_path: Optional[str], as_json: bool, timeout: Optional[float]
     else:
         click.echo(f"no dispatchers registered with the router at {config.router_address()}")
     if book.get("blocked"):
-        click.echo("blocked ports (never handed out again): "
+        click.echo("blocked ports (a dispatcher could not bind them; tried again after a "
+                   "back-off, or 'cauldron-zmq unblock'): "
                    + ", ".join(str(p) for p in book["blocked"]))
 
 

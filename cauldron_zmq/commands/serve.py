@@ -16,6 +16,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import click
 
 from ..errors import CauldronError
+from .text import plural
 
 __all__ = ["serve"]
 
@@ -63,7 +64,7 @@ def split_files(files: Sequence[str]) -> Tuple[List[str], List[str]]:
 def _announce(svc: Any) -> None:
     """One line on stderr saying where the service listens (shown even without -v)."""
     address = svc.address or {}
-    click.echo(f"serving {svc.name} (dispatcher {svc.dispatcher}, {len(svc)} keywords): "
+    click.echo(f"serving {svc.name} (dispatcher {svc.dispatcher}, {plural(len(svc), 'keyword')}): "
                f"requests {address.get('dispatch')}, broadcasts {address.get('broadcast')}; "
                f"^C or SIGTERM to stop", err=True)
 

@@ -23,8 +23,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import click
 
 from ..errors import CauldronError
+from ..names import InvalidName, check_name
 from .ktlargs import KtlCommand
 from .listing import list_keywords, list_services
+from ..types import json_value
 from .text import binary_text, in_seconds, stamp_text
 
 __all__ = ["show", "modify", "monitor", "list_", "parse_assignments"]
@@ -113,20 +115,27 @@ def _timeout_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _service_option(required: bool = True) -> Callable[..., Any]:
     return click.option("-s", "--service", required=required, metavar="SERVICE",
+                        callback=_check_service,
                         help="The KTL service (KTL: -s, -service).")
+
+
+def _check_service(ctx: click.Context, _param: Any, value: Optional[str]) -> Optional[str]:
+    """``-s NAME`` by :func:`cauldron_zmq.names.check_name`, as the router will judge it.
+
+    A bad name (``a/b``, a control character) is one error line and exit
+    status 1 before anything is asked, not a look-up the router refuses.
+    """
+    if value is not None:
+        try:
+            check_name("service", value.strip().lower())
+        except InvalidName as exc:
+            _fail(ctx.info_name or "cauldron-zmq", exc)
+    return value
 
 
 def _jsonable(kw: Any, native: Any) -> Any:
     """A native value as JSON: NaN as "nan", arrays as lists."""
-    if native is None:
-        return None
-    try:
-        wire, raw = kw.keyword_type.to_wire(native)
-    except (ValueError, TypeError):
-        return str(native)
-    if raw is not None:
-        return native.tolist()
-    return wire
+    return json_value(kw.keyword_type, native)
 
 
 def _keywords(svc: Any, names: Sequence[str]) -> Tuple[List[Any], List[BaseException]]:
@@ -172,7 +181,10 @@ def show(service: str, keywords: Tuple[str, ...], binary: bool, terse: bool, tim
     Every keyword that can be read is shown; each one that cannot is reported
     on stderr (exit 1).  'show -s SERVICE keywords' lists the service's keywords.
     """
-    with _service(service, config_path, timeout) as svc:
+    from ..client import deadline
+    from ..config import load_config
+    seconds = timeout if timeout is not None else load_config(config_path).zmq.timeout / 1000
+    with deadline(seconds), _service(service, config_path, timeout) as svc:   # one for all
         if _wants_keyword_list(svc, keywords):
             _echo_keyword_names(svc)
             return
@@ -312,10 +324,12 @@ def modify(service: str, assignments: Tuple[str, ...], nowait: bool, wait: bool,
         say = (lambda text: None) if quiet else click.echo
         writes = [(kw, value) for kw, (_, value) in zip(kws, pairs)]
         if mode == "wait":
+            from .progress import write_showing_progress
             for kw, value in writes:
                 say(f"setting {kw.name} = {value} ({mode})")
                 before = _before(kw)
-                _write(kw, value, binary, wait=True)
+                write_showing_progress(svc, kw, _binary_value(value) if binary else value,
+                                       binary)
                 if _unchanged(kw, before):
                     say(_unchanged_line(kw))
             return

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import math
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from .. import protocol
 from ..config import Config
+from ..types import json_value
 from ..errors import (AuthenticationError, CauldronError, ConversionError, DispatcherRestarted,
                       RemoteError, ServiceNotFound, TimeoutError)
 
@@ -82,18 +82,8 @@ def error_for(exc: BaseException) -> GatewayError:
 
 
 def jsonable(kw: Any, native: Any) -> Any:
-    """A native value as JSON: arrays as lists, NaN and infinities as their wire text."""
-    if native is None:
-        return None
-    try:
-        wire, raw = kw.keyword_type.to_wire(native)
-    except (ValueError, TypeError):
-        return str(native)
-    if raw is not None:
-        return native.tolist()
-    if isinstance(wire, float) and not math.isfinite(wire):
-        return str(wire)
-    return wire
+    """A native value as JSON (:func:`cauldron_zmq.types.json_value`)."""
+    return json_value(kw.keyword_type, native)
 
 
 def value_event(kw: Any) -> Dict[str, Any]:
