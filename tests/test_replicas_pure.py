@@ -7,7 +7,7 @@ the configuration checks ``replicas``.  All driven with ``now`` by hand.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import pytest
 
