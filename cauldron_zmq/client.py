@@ -45,7 +45,7 @@ from .errors import (AuthenticationError, CauldronError, ConversionError, Dispat
                      ProtocolError,
                      RemoteError, RouterError, ServiceNotFound, TimeoutError, remote_exception)
 from .expression import OPERATORS, ExpressionError, Value, compare, parse_relative
-from .names import split_entries
+from .names import check_name, split_entries
 from .security import (HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security, handshake_event,
                        refused_message)
 from .types import KeywordType, keyword_type
@@ -2295,7 +2295,7 @@ class Service:
                  timeout: Optional[float] = None, wait: Optional[float] = None) -> None:
         if not isinstance(name, str) or not name.strip():
             raise TypeError(f"a service name is a non-empty str, not {name!r}")
-        self.name = name.strip().lower()
+        self.name = check_name("service", name.strip().lower())   # ValueError: not a name
         self.config = load_config(config)
         self.timeout = float(timeout) if timeout is not None else self.config.zmq.timeout / 1000.0
         if not self.timeout > 0:

@@ -159,3 +159,13 @@ def test_retry_counts_are_exact() -> None:
                                                                          CEILING * 2)])
 def test_wanted_file_limit(soft: int, hard: int, want: int) -> None:
     assert wanted_file_limit(soft, hard, infinity=-1) == want
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/name", "sub/../../up", "a\\b"])
+def test_a_client_refuses_a_service_name_that_is_a_path(name: str) -> None:
+    import threading
+    from cauldron_zmq import ktl
+    before = threading.active_count()
+    with pytest.raises(ValueError, match="names are not paths"):
+        ktl.Service(name, timeout=0.2, wait=0.2)
+    assert threading.active_count() == before          # refused before any thread or socket
