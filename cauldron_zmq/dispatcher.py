@@ -608,16 +608,25 @@ class Service:
             pass
 
     def _first_registration(self, client: Any) -> Tuple[int, int]:
-        try:
-            return self._register(client, ready=False)
-        except TimeoutError:
-            pass
+        # Without allow-spawn nothing else can help, so a router that is slow
+        # for a moment (a loaded disk under its state file, a restart under
+        # way) is asked again until [zmq] timeout has passed, not given up on
+        # after one [zmq-router] timeout.
+        started = time.monotonic()
+        patience = 0.0 if self.config.router.allow_spawn else self.config.zmq.timeout / 1000
+        while True:
+            try:
+                return self._register(client, ready=False)
+            except TimeoutError:
+                if time.monotonic() - started >= patience:
+                    break
         address = self.config.router_address()
         if not self.config.router.allow_spawn:
+            waited = time.monotonic() - started
             raise TimeoutError(
                 f"{self.name}: no router answered at "
-                f"{', '.join(self.config.router_addresses())} within "
-                f"{self.config.router.timeout} ms, and [zmq-router] allow-spawn is false; "
+                f"{', '.join(self.config.router_addresses())} within {waited:.1f} s, "
+                f"and [zmq-router] allow-spawn is false; "
                 f"start one with 'Cauldron-router-zmq' or set allow-spawn = true")
         self.log.warning("no router answered at %s; starting one (%s mode)", address,
                          self.config.router.process)

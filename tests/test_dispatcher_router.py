@@ -83,13 +83,30 @@ def test_two_dispatchers_and_a_duplicate_keyword(routed: Any) -> None:
 
 
 def test_no_router_and_no_spawning_is_a_clear_error(tmp_path: Any) -> None:
-    cfg = router_config(tmp_path, **{"allow-spawn": False})
+    cfg = router_config(tmp_path, **{"allow-spawn": False}).replace(zmq={"timeout": 1000})
     svc = Service("lonely", cfg, setup=lambda s: DFW.Integer("N", s))
     with pytest.raises(CzTimeout) as info:
         svc.begin()
     assert cfg.router_address() in str(info.value) and "allow-spawn" in str(info.value)
     assert not svc.running
 
+
+
+def test_a_router_that_answers_late_is_waited_for_without_spawning(tmp_path: Any) -> None:
+    """Without allow-spawn a router slow to answer (or restarting) is asked again
+    until [zmq] timeout, not given up on after one [zmq-router] timeout (300 ms)."""
+    cfg = router_config(tmp_path, **{"allow-spawn": False})
+    cfg = cfg.replace(zmq={"timeout": 5000})
+    router = Router(cfg)
+    late = threading.Timer(0.8, router.start)     # comes up after two router timeouts
+    late.start()
+    try:
+        with Service("late", cfg, setup=lambda s: DFW.Integer("N", s, initial=1)) as svc:
+            assert svc.running
+            wait_for(lambda: lookup(cfg, "late"), 5)
+    finally:
+        late.join()
+        router.stop()
 
 def test_spawns_a_router_thread_that_stops_with_the_service(tmp_path: Any) -> None:
     cfg = router_config(tmp_path, **{"allow-spawn": True, "process": "thread"})
