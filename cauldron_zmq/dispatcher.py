@@ -937,12 +937,15 @@ class _IOThread:
     def _flush(self) -> None:
         """Send every queued reply and broadcast, in order."""
         outgoing = self.svc._outgoing
+        low = MAX_QUEUED // 2
         while not outgoing.empty():          # one consumer: not empty means get() won't block
             item = outgoing.get_nowait()
             if item[0] == _REPLY:
                 self._send(item[1], item[2])
             else:
                 self._publish(item[1], item[2])
+            if self._room_waiters and outgoing.qsize() <= low:
+                self._notify_room()          # the producer refills while we go on sending
 
     def _send(self, frames: List[Any], copy: bool = True) -> None:
         if self._router is None:
