@@ -297,7 +297,10 @@ def deadline(seconds: float) -> Iterator[float]:
     try:
         yield end
     except TimeoutError as exc:
-        if not getattr(exc, "_waited", False) and exc.args:
+        # The block whose own end was the binding one says so; an inner block cut
+        # short by an outer one leaves it to the outer (its start, its seconds).
+        binding = outer is None or end < outer
+        if binding and not getattr(exc, "_waited", False) and exc.args:
             exc.args = (f"{exc.args[0]} (gave up after {time.monotonic() - start:.1f} s; "
                         f"the deadline was {_fmt_s(end - start)})",) + tuple(exc.args[1:])
             exc._waited = True   # type: ignore[attr-defined]

@@ -286,3 +286,21 @@ def test_a_keyword_of_a_silent_dispatcher_says_so(keyword_file: Path) -> None:
                 h.signal_dispatcher(signal.SIGCONT)
     assert "dtest.COUNT is served by dispatcher" in str(info.value)
     assert "which is down (last heard" in str(info.value)
+
+
+def test_the_binding_deadline_is_the_one_a_timeout_names() -> None:
+    """An inner block cut short by an outer one leaves the message to the outer."""
+    from cauldron_zmq.client import deadline
+    from cauldron_zmq.errors import TimeoutError as CzTimeout
+    with pytest.raises(CzTimeout) as info:
+        with deadline(1):
+            with deadline(5):          # cut to what is left of the outer second
+                raise CzTimeout("no answer")
+    assert str(info.value).count("the deadline was") == 1
+    assert "the deadline was 1 s" in str(info.value)
+    with pytest.raises(CzTimeout) as info:
+        with deadline(5):
+            with deadline(1):          # the inner second is the binding one
+                raise CzTimeout("no answer")
+    assert str(info.value).count("the deadline was") == 1
+    assert "the deadline was 1 s" in str(info.value)
