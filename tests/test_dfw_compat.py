@@ -130,6 +130,7 @@ def test_a_ktl_dispatcher_runs_unchanged(ktl_dispatcher: Any) -> None:
     # the main loop's `service['FILTNAME'].value == '2'` takes its branch
     svc["FILTNAME"].write("Red")
     wait_until(lambda: svc["OBSERVER"].read() == "saw Red", 10, 0.05, "the main loop's branch")
+    svc["FILTNAME"].write("Clear")     # so the main loop no longer sets 'saw Red' again
     # the write hook's `if value == '1':` takes its branch; the XML names are the ascii values
     svc["LAMPON"].write("on")
     assert svc["OBSERVER"].read() == "lamp lit" and svc["LAMPON"].read() == "on"
