@@ -52,6 +52,7 @@ from cauldron_zmq.persist import persist_path
 from cauldron_zmq.router import Router, RouterClient
 from cauldron_zmq.testing import ServiceHarness, wait_until, write_test_config
 from cauldron_zmq.testing import identify_pid
+from traffic_support import Traffic
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_client_threads_left")]
 
@@ -242,41 +243,6 @@ class Lines:
                 self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
         return line.decode()
-
-
-class Traffic(threading.Thread):
-    """Writes then reads back COUNT on each service, paced, recording every error."""
-
-    def __init__(self, services: List[Any]) -> None:
-        super().__init__(name="traffic", daemon=True)
-        self.services = services
-        self.ops = 0
-        self.errors: List[str] = []
-        self.finished = threading.Event()
-
-    def run(self) -> None:
-        n = 0
-        while not self.finished.is_set():
-            n += 1
-            for svc in self.services:
-                try:
-                    kw = svc["COUNT"]
-                    written = kw.write(n)
-                    read = kw.read()
-                    if written != str(n) or read != str(n):
-                        self.errors.append(f"{svc.name}: wrote {n}, got {written}, read {read}")
-                except Exception as exc:  # noqa: BLE001 - the test reports them all
-                    self.errors.append(f"{svc.name}: {type(exc).__name__}: {exc}")
-                self.ops += 2
-            self.finished.wait(0.003)        # pace: a few hundred operations a second
-
-    def progressed(self, by: int, timeout: float = 10.0) -> None:
-        mark = self.ops
-        wait_until(lambda: self.ops >= mark + by, timeout, message=f"{by} more operations")
-
-    def stop(self) -> None:
-        self.finished.set()
-        self.join(30)
 
 
 # =============================================================================

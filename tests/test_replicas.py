@@ -23,7 +23,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
@@ -37,6 +36,7 @@ from cauldron_zmq.config import Config, load_config
 from cauldron_zmq.errors import CauldronError
 from cauldron_zmq.router import RouterClient
 from cauldron_zmq.testing import free_port, wait_until, write_test_config
+from traffic_support import Traffic
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_client_threads_left")]
 
@@ -181,40 +181,6 @@ def ping(cfg: Config, address: str) -> Optional[int]:
             return int(rc.ping()["pid"])
     except CauldronError:
         return None
-
-
-class Traffic(threading.Thread):
-    """Writes then reads back COUNT on each service, paced, recording every error."""
-
-    def __init__(self, services: List[Any]) -> None:
-        super().__init__(name="traffic", daemon=True)
-        self.services = services
-        self.ops = 0
-        self.errors: List[str] = []
-        self.finished = threading.Event()
-
-    def run(self) -> None:
-        n = 0
-        while not self.finished.is_set():
-            n += 1
-            for svc in self.services:
-                try:
-                    kw = svc["COUNT"]
-                    kw.write(n)
-                    if kw.read() != str(n):
-                        self.errors.append(f"{svc.name}: wrote {n}, read {kw.read()}")
-                except Exception as exc:  # noqa: BLE001 - the test reports them all
-                    self.errors.append(f"{svc.name}: {type(exc).__name__}: {exc}")
-                self.ops += 2
-            self.finished.wait(0.005)
-
-    def progressed(self, by: int, timeout: float = 10.0) -> None:
-        mark = self.ops
-        wait_until(lambda: self.ops >= mark + by, timeout, message=f"{by} more operations")
-
-    def stop(self) -> None:
-        self.finished.set()
-        self.join(30)
 
 
 def new_client_reads(cfg: Config, service: str, expect: str) -> float:
