@@ -149,7 +149,7 @@ def _section(name: str) -> str:
 
 # ---------------------------------------------------------------------- harness
 
-def _child_env() -> Dict[str, str]:
+def child_env() -> Dict[str, str]:
     """A subprocess must import this very package, wherever it is installed."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
@@ -157,6 +157,9 @@ def _child_env() -> Dict[str, str]:
         os.pathsep) if p])
     env.pop("CAULDRON_ZMQ_CONFIG", None)
     return env
+
+
+_child_env = child_env
 
 
 class ServiceHarness:

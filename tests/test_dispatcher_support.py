@@ -7,7 +7,6 @@ elsewhere); polling with deadlines instead of sleeps.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import signal
 import socket
@@ -22,8 +21,8 @@ import zmq
 
 from cauldron_zmq import protocol
 from cauldron_zmq.config import DEFAULT, Config
+from cauldron_zmq.testing import child_env  # noqa: F401 - test modules import it from here
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOPBACK = "127.0.0.1"
 
 
@@ -243,14 +242,6 @@ def no_leaks() -> Iterator[None]:
 
 
 # ---------------------------------------------------------- subprocesses
-
-def child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    env.pop("CAULDRON_ZMQ_CONFIG", None)
-    return env
-
 
 def start_router_process(config_path: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cauldron_zmq.router", "-c", config_path],

@@ -34,7 +34,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -52,11 +51,11 @@ from cauldron_zmq.persist import persist_path
 from cauldron_zmq.router import Router, RouterClient
 from cauldron_zmq.testing import ServiceHarness, wait_until, write_test_config
 from cauldron_zmq.testing import identify_pid
+import process_support
 from traffic_support import Traffic
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_client_threads_left")]
 
-ROOT = Path(__file__).resolve().parent.parent
 
 KEYWORDS = """
 [keyword.COUNT]
@@ -108,32 +107,8 @@ FAULTY = textwrap.dedent('''
 # Helpers: processes, logs, the router's book
 # =============================================================================
 
-def child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [
-        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.pop("CAULDRON_ZMQ_CONFIG", None)
-    return env
-
-
-class Processes:
-    """Children of one test; every one is killed (and reaped) at the end."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.procs: List[subprocess.Popen] = []
-
-    def spawn(self, args: List[str], log: str, **kwargs: Any) -> subprocess.Popen:
-        with open(self.directory / log, "ab") as stream:
-            kwargs.setdefault("stdout", stream)
-            proc = subprocess.Popen([sys.executable] + args, stdin=kwargs.pop(
-                "stdin", subprocess.DEVNULL), stderr=stream, env=child_env(),
-                cwd=self.directory, **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def router(self, config_path: Path, log: str) -> subprocess.Popen:
-        return self.spawn(["-m", "cauldron_zmq.router", "-c", str(config_path), "-vvv"], log)
+class Processes(process_support.Processes):
+    """The base's children, plus dispatchers from keyword files and the FAULTY script."""
 
     def serve(self, service: str, keywords: Path, config_path: Path) -> subprocess.Popen:
         return self.spawn(["-m", "cauldron_zmq", "serve", service, str(keywords), "-c",
@@ -146,29 +121,8 @@ class Processes:
         return self.spawn([str(script), str(config_path), str(marker), service],
                           f"{service}.log")
 
-    def log(self, name: str) -> str:
-        path = self.directory / name
-        return path.read_text(errors="replace") if path.exists() else ""
 
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGCONT)
-                    proc.kill()
-            proc.wait(10)
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
+procs = process_support.processes_fixture(Processes)
 
 
 def sigkill(proc: subprocess.Popen) -> None:

@@ -14,6 +14,7 @@ cannot be made, and always deletes what it created.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -260,6 +261,25 @@ def write_config(path: Path, zmq_host: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def children(tmp_path: Path) -> Iterator[List[Any]]:
+    """A list for the test's processes and agents: each is stopped at the end, and on a
+    failure the logs in ``tmp_path`` are printed (pytest shows them)."""
+    procs: List[Any] = []
+    try:
+        yield procs
+    except BaseException:
+        for log in sorted(tmp_path.glob("*.log")):
+            print(f"---- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        raise
+    finally:
+        for proc in reversed(procs):
+            if isinstance(proc, Agent):
+                proc.close()
+            else:
+                stop(proc)
+
+
 # -------------------------------------------------------------------- test
 
 def test_router_dispatcher_and_client_on_three_hosts(hosts: Hosts, tmp_path: Path) -> None:
@@ -268,8 +288,7 @@ def test_router_dispatcher_and_client_on_three_hosts(hosts: Hosts, tmp_path: Pat
     router_cfg = write_config(tmp_path / "router.toml", "localhost")
     dispatcher_cfg = write_config(tmp_path / "dispatcher.toml", ADDRESSES["d"])
     client_cfg = write_config(tmp_path / "client.toml", "localhost")
-    procs: List[Any] = []
-    try:
+    with children(tmp_path) as procs:
         procs.append(hosts.run("r", [sys.executable, "-m", "cauldron_zmq.router", "-c",
                                      str(router_cfg)], tmp_path / "router.log",
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
@@ -313,13 +332,3 @@ def test_router_dispatcher_and_client_on_three_hosts(hosts: Hosts, tmp_path: Pat
         writer.ok("write", keyword="POSITION", value=8.0)      # and it keeps working
         client.wait_event(lambda e: e.get("ascii") == "8.0")
         assert client.ok("read", keyword="POSITION") == "8.0"
-    except BaseException:
-        for log in sorted(tmp_path.glob("*.log")):      # shown by pytest on failure
-            print(f"---- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
-        raise
-    finally:
-        for proc in reversed(procs):
-            if isinstance(proc, Agent):
-                proc.close()
-            else:
-                stop(proc)

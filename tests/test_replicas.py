@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
@@ -36,11 +35,11 @@ from cauldron_zmq.config import Config, load_config
 from cauldron_zmq.errors import CauldronError
 from cauldron_zmq.router import RouterClient
 from cauldron_zmq.testing import free_port, wait_until, write_test_config
+import process_support
 from traffic_support import Traffic
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_client_threads_left")]
 
-ROOT = Path(__file__).resolve().parent.parent
 
 KEYWORDS = """
 [keyword.COUNT]
@@ -58,32 +57,8 @@ initial = "OFF"
 # Helpers
 # =============================================================================
 
-def child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [
-        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.pop("CAULDRON_ZMQ_CONFIG", None)
-    return env
-
-
-class Processes:
-    """Children of one test, each killed and reaped at the end (SIGCONT first)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.procs: List[subprocess.Popen] = []
-        self.pids: Set[int] = set()      # others to kill: routers our dispatchers spawned
-
-    def spawn(self, args: List[str], log: str) -> subprocess.Popen:
-        with open(self.directory / log, "ab") as stream:
-            proc = subprocess.Popen([sys.executable] + args, stdin=subprocess.DEVNULL,
-                                    stdout=stream, stderr=stream, env=child_env(),
-                                    cwd=self.directory)
-        self.procs.append(proc)
-        return proc
-
-    def router(self, config: Path, log: str) -> subprocess.Popen:
-        return self.spawn(["-m", "cauldron_zmq.router", "-c", str(config), "-vvv"], log)
+class Processes(process_support.Processes):
+    """The base's children, plus dispatchers serving the KEYWORDS file."""
 
     def serve(self, service: str, config: Path, log: Optional[str] = None) -> subprocess.Popen:
         keywords = self.directory / "kw.toml"
@@ -92,30 +67,8 @@ class Processes:
         return self.spawn(["-m", "cauldron_zmq", "serve", service, str(keywords), "-c",
                            str(config)], log or f"{service}.log")
 
-    def log(self, name: str) -> str:
-        path = self.directory / name
-        return path.read_text(errors="replace") if path.exists() else ""
 
-    def close(self) -> None:
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-                os.kill(pid, signal.SIGKILL)
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGCONT)
-                    proc.kill()
-            proc.wait(10)
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
+procs = process_support.processes_fixture(Processes)
 
 
 @pytest.fixture(autouse=True)

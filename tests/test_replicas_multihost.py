@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import pytest
 
 from cauldron_zmq.config import config_from_mapping
+from cauldron_zmq.testing import wait_until
 
 try:
-    from .test_multihost import ADDRESSES, AGENT, KEYWORDS, Agent, Hosts, hosts, stop
+    from .test_multihost import ADDRESSES, AGENT, KEYWORDS, Agent, Hosts, children, hosts
 except ImportError:
-    from test_multihost import ADDRESSES, AGENT, KEYWORDS, Agent, Hosts, hosts, stop  # type: ignore
+    from test_multihost import (ADDRESSES, AGENT, KEYWORDS, Agent, Hosts,  # type: ignore
+                                children, hosts)
 
 pytestmark = pytest.mark.timeout(120)
 _ = hosts
@@ -63,14 +64,6 @@ def book(agent: Agent, address: str) -> Any:
     return answer["result"] if answer["ok"] else None
 
 
-def wait_for(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout} s")
-        time.sleep(0.1)
-
-
 def test_a_link_to_one_router_cut_and_restored(hosts: Hosts, tmp_path: Path) -> None:
     (tmp_path / "agent.py").write_text(BOOK_AGENT, encoding="utf-8")   # Agent runs this one
     keywords = tmp_path / "stage.toml"
@@ -79,8 +72,7 @@ def test_a_link_to_one_router_cut_and_restored(hosts: Hosts, tmp_path: Path) -> 
     cfg_b = write_config(tmp_path / "b.toml", "localhost", ROUTER_B, ROUTER_A)
     cfg_d = write_config(tmp_path / "d.toml", DISPATCHER, ROUTER_A, ROUTER_B)
     addresses = [f"tcp://{ROUTER_A}:6510", f"tcp://{ROUTER_B}:6510"]
-    procs: List[Any] = []
-    try:
+    with children(tmp_path) as procs:
         for host, cfg in (("r", cfg_a), ("c", cfg_b)):
             procs.append(hosts.run(host, [sys.executable, "-m", "cauldron_zmq.router", "-c",
                                           str(cfg), "-v"], tmp_path / f"router-{host}.log",
@@ -92,8 +84,8 @@ def test_a_link_to_one_router_cut_and_restored(hosts: Hosts, tmp_path: Path) -> 
         client = Agent(hosts, "d", cfg_d, tmp_path)
         procs.append(client)
         assert client.ok("connect", service="stage", wait=20) == ["MODE", "POSITION"]
-        wait_for(lambda: book(client, addresses[0]) == book(client, addresses[1]) != [], 20,
-                 "both routers holding the dispatcher")
+        wait_until(lambda: book(client, addresses[0]) == book(client, addresses[1]) != [],
+                   20, 0.1, "both routers holding the dispatcher")
         expected = book(client, addresses[0])
         assert expected[0][:2] == ["stage", DISPATCHER]
         client.ok("monitor", keyword="POSITION")
@@ -107,24 +99,14 @@ def test_a_link_to_one_router_cut_and_restored(hosts: Hosts, tmp_path: Path) -> 
         assert newcomer.ok("connect", service="stage", wait=10) == ["MODE", "POSITION"]
         assert newcomer.ok("read", keyword="POSITION") == "3.5"
         assert book(client, addresses[1]) == expected
-        wait_for(lambda: "will keep trying" in (tmp_path / "dispatcher.log").read_text(), 10,
-                 "the dispatcher noticing router A is cut off")
+        wait_until(lambda: "will keep trying" in (tmp_path / "dispatcher.log").read_text(),
+                   10, 0.1, "the dispatcher noticing router A is cut off")
 
         cut(hosts, up=True)
-        wait_for(lambda: book(client, addresses[0]) == expected and
-                 book(client, addresses[1]) == expected, 20, "the books converging")
+        wait_until(lambda: book(client, addresses[0]) == expected and
+                   book(client, addresses[1]) == expected, 20, 0.1, "the books converging")
         client.ok("write", keyword="POSITION", value=4.5)
         client.wait_event(lambda e: e.get("ascii") == "4.5")
         assert newcomer.ok("read", keyword="POSITION") == "4.5"
         values = [e["ascii"] for e in client.events if e.get("event") == "value"]
         assert [v for v in values if v in ("2.5", "3.5", "4.5")] == ["2.5", "3.5", "4.5"]
-    except BaseException:
-        for log in sorted(tmp_path.glob("*.log")):      # shown by pytest on failure
-            print(f"---- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
-        raise
-    finally:
-        for proc in reversed(procs):
-            if isinstance(proc, Agent):
-                proc.close()
-            else:
-                stop(proc)
