@@ -18,7 +18,7 @@ old one may be lost with the old connection.  A gap on a live connection
 (so a flood of gaps costs at most two reads per keyword, never one per gap).
 A read that fails is retried on a back-off schedule, and a read that answers
 for an older loss never counts for a newer one.  Everything is a pure function of events
-and ``now`` and is tested without sockets (tests/test_links_pure.py).
+and ``now`` and is tested without sockets (tests/protocol/test_links_pure.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Tooling for testing the gateway for real: its process, HTTP, SSE and a headless Chromium.
 
-Used by the test suite (tests/test_web*.py) and by scripts/screenshot-web,
+Used by the test suite (tests/web/) and by scripts/screenshot-web,
 so the screenshot in docs/ is made exactly as the browser tests see the page.
 Everything is loopback only, on free ports, and waits poll with deadlines.
 """

@@ -38,7 +38,7 @@ from cauldron_zmq.commands.serve import serve
 from cauldron_zmq.router import RouterClient, main as router_main
 from scripts_support import load_script
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.timeout(120)

@@ -33,7 +33,7 @@ from cauldron_zmq.router import RouterClient
 from cauldron_zmq.testing import ServiceHarness, wait_until, write_test_config
 from cauldron_zmq.types import keyword_type
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Generous timeouts (client requests, router look-ups): these tests are about what
 # is printed, and the machine may be busy; the tests of timeouts pass -t themselves.
 ROOMY = {"zmq": {"timeout": 10000}, "zmq-router": {"timeout": 5000}}
@@ -575,8 +575,8 @@ def test_venv_setup_shows_pip_output_only_on_failure(tmp_path: Path, fail: bool)
 
 def test_scripts_test_header_examples_select_tests() -> None:
     header = (ROOT / "scripts" / "test").read_text()
-    assert "-k router" in header and "tests/test_tools.py" in header
-    assert "tests/test_types.py" in header and "-m smoke" not in header
+    assert "-k router" in header and "tests/system/test_tools.py" in header
+    assert "tests/unit/test_types.py" in header and "-m smoke" not in header
     assert (ROOT / "tests" / "test_types.py").exists()
     assert any("router" in p.name for p in (ROOT / "tests").glob("test_*.py"))
 

@@ -17,7 +17,7 @@ from cauldron_zmq import DFW
 from cauldron_zmq.commands.tools import parse_assignments
 from cauldron_zmq.testing import ServiceHarness, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _refuse_hot(value: Any) -> None:

@@ -26,7 +26,7 @@ from cauldron_zmq.config import (
 )
 from cauldron_zmq.errors import ConfigurationError
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.rst"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.rst"
 
 
 @pytest.fixture(autouse=True)

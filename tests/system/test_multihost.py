@@ -34,7 +34,7 @@ from cauldron_zmq.config import config_from_mapping
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = str(Path(__file__).resolve().parent.parent)
+ROOT = str(Path(__file__).resolve().parents[2])
 SUBNET = "10.203.7"
 ADDRESSES = {"r": f"{SUBNET}.1", "d": f"{SUBNET}.2", "c": f"{SUBNET}.3"}
 

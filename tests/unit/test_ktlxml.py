@@ -13,7 +13,7 @@ from cauldron_zmq.config import DEFAULT
 from cauldron_zmq.dispatcher import Service
 from cauldron_zmq.errors import ConfigurationError
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]
 BUNDLE = HERE / "data" / "ktl-wheel.xml"      # the reference example of a KTL bundle
 
 CFG = DEFAULT.replace(router={"enable": False})

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from scripts_support import load_script
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: SOAK_DURATION overrides the length of the CI soak (seconds).
 DURATION = float(os.environ.get("SOAK_DURATION", "10"))

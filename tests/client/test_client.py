@@ -1,6 +1,6 @@
 """cauldron_zmq.ktl end to end: a real router and DFW dispatcher on 127.0.0.1.
 
-The servers run in this process (threads) for speed; tests/test_client_restart.py
+The servers run in this process (threads) for speed; tests/client/test_client_restart.py
 runs them as subprocesses to kill, stop and restart them.
 """
 from __future__ import annotations

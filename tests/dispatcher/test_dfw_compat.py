@@ -29,7 +29,7 @@ from cauldron_zmq.testing import ServiceHarness, identify_pid, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
-BUNDLE = Path(__file__).resolve().parent / "data" / "ktl-wheel.xml"
+BUNDLE = Path(__file__).resolve().parents[1] / "data" / "ktl-wheel.xml"
 CFG = DEFAULT.replace(router={"enable": False})
 
 #: KTL's own dispatcher configuration: not TOML, and nothing cauldron_zmq needs.
@@ -88,7 +88,7 @@ def ktl_dispatcher(tmp_path: Path) -> Iterator[Any]:
     (tmp_path / "stdiosvc.conf").write_text(STDIOSVC_CONF)
     (tmp_path / "dispatcher.py").write_text(DISPATCHER)
     env = dict(os.environ, RELDIR=str(reldir), CAULDRON_ZMQ_CONFIG=str(harness.config_path))
-    src = str(Path(__file__).resolve().parent.parent)
+    src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([src] + [p for p in env.get("PYTHONPATH", "").split(
         os.pathsep) if p])
     log = tmp_path / "dispatcher.log"

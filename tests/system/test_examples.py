@@ -14,7 +14,7 @@ import pytest
 from cauldron_zmq import ktl
 from cauldron_zmq.testing import ServiceHarness, write_test_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 
