@@ -37,8 +37,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
-from .backoff import LOOKUP, Schedule
-from .linksync import Repair
+from .protocol.backoff import LOOKUP, Schedule
+from .protocol.links import Repair
 from .config import Config, endpoint, load_config
 from .errors import (AuthenticationError, CauldronError, ConversionError, DispatcherDown,
                      DispatcherError, DispatcherRestarted, DispatcherSilent, MessageTooLarge,
@@ -1263,7 +1263,7 @@ class _Engine:
 
         A lost or renewed connection supersedes the reads still in flight (one
         may have gone to a process that is gone); a gap on a live connection
-        (``supersede=False``) queues one read behind them: see :mod:`.linksync`.
+        (``supersede=False``) queues one read behind them: see :mod:`.protocol.links`.
         """
         if link.refused:          # nothing gets through; the next user request retries
             return

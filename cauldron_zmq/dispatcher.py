@@ -1420,10 +1420,10 @@ SPAWN_SETTLE = 0.3      # seconds a replacement router is given before it is ask
 class _Registrar:
     """Registers and heartbeats with every router, from a thread of its own.
 
-    One :class:`~cauldron_zmq.replicas.RouterLink` per router: the pure
-    :func:`~cauldron_zmq.replicas.plan` says what each is sent (heartbeat,
+    One :class:`~cauldron_zmq.protocol.replicas.RouterLink` per router: the pure
+    :func:`~cauldron_zmq.protocol.replicas.plan` says what each is sent (heartbeat,
     or register where it does not know us: ``not-found`` means the router
-    restarted with an empty book or expired us), :func:`~cauldron_zmq.replicas.record`
+    restarted with an empty book or expired us), :func:`~cauldron_zmq.protocol.replicas.record`
     what its answer means.  All are asked at once, so a dead router delays
     nobody.  A silent router is logged once and tried again every heartbeat;
     a refusing one (another dispatcher holds our pair there) is logged, reported
@@ -1433,7 +1433,7 @@ class _Registrar:
     """
 
     def __init__(self, service: Service) -> None:
-        from .replicas import RouterLink
+        from .protocol.replicas import RouterLink
         self.svc = service
         self.log = service.log
         self._wake = threading.Event()
@@ -1495,7 +1495,7 @@ class _Registrar:
 
     def _beat(self, routers: _Routers) -> None:
         """Send what is due to each router at once, then act on the answers."""
-        from .replicas import plan
+        from .protocol.replicas import plan
         now = time.monotonic()
         if self._reregister:
             self._reregister = False
@@ -1512,7 +1512,7 @@ class _Registrar:
         self._maybe_spawn(now)
 
     def _request(self, action: str) -> Tuple[str, Any]:
-        from .replicas import REGISTER, conflicts
+        from .protocol.replicas import REGISTER, conflicts
         svc = self.svc
         if action == REGISTER:
             payload = svc._registration_payload(prefer=svc._ports)
@@ -1527,7 +1527,7 @@ class _Registrar:
     def _note(self, routers: _Routers, link: Any, action: str, answer: Any,
               now: float) -> None:
         """Record one router's answer (pure), then log and act on what it meant."""
-        from . import replicas
+        from .protocol import replicas
         svc = self.svc
         was_silent, old_problem = link.silent, link.problem
         code = None
@@ -1566,7 +1566,7 @@ class _Registrar:
 
     def _maybe_spawn(self, now: float) -> None:
         """No router answers: start a detached one that outlives us (the bind decides)."""
-        from .replicas import should_spawn
+        from .protocol.replicas import should_spawn
         rcfg = self.svc.config.router
         if not should_spawn(self._links, rcfg.allow_spawn, rcfg.protocol, self._last_spawn,
                             now, SPAWN_RETRY):

@@ -17,7 +17,7 @@ that cannot be parsed (including one nested too deeply for Python's JSON
 decoder: the same guarded decoder as the router's state file reads it) is
 logged and moved aside (``.corrupt-<time>``), and the dispatcher starts with
 its initial values.  A save that fails (full disk, read-only directory) is
-retried with back-off (:mod:`cauldron_zmq.retry`), logging one line per
+retried with back-off (:mod:`cauldron_zmq.protocol.retry`), logging one line per
 interval with a count, never once per change.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Dict, Optional
 from .files import set_aside, write_atomically
 from .names import file_stem, legacy_file_stem
 from .protocol import loads
-from .retry import Retry
+from .protocol.retry import Retry
 
 __all__ = ["Persister", "persist_path", "legacy_persist_path", "FORMAT"]
 

@@ -38,11 +38,11 @@ import zmq
 from . import __version__
 from . import protocol
 from .config import Config, endpoint, load_config
-from .backoff import Schedule
+from .protocol.backoff import Schedule
 from .files import set_aside, write_atomically
 from .limits import raise_file_limit
 from .names import InvalidName, check_host, check_name
-from .retry import Retry
+from .protocol.retry import Retry
 from .errors import (AuthenticationError, CauldronError, ConfigurationError, ProtocolError,
                      RouterError, TimeoutError, remote_exception)
 from .security import (FAILED, HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security,

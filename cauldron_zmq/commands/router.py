@@ -2,7 +2,7 @@
 ``cauldron-zmq router``: the router itself (``Cauldron-router-zmq``, in lower case).
 
 With ``[zmq-router] replicas`` every router is asked at once and each book
-is shown; entries the books disagree on (:func:`cauldron_zmq.replicas.disagreements`)
+is shown; entries the books disagree on (:func:`cauldron_zmq.protocol.replicas.disagreements`)
 and conflicts the dispatchers report are marked in a ``NOTE`` column.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import click
 
 from ..config import load_config
 from ..errors import CauldronError, ConfigurationError
-from ..replicas import disagreements
+from ..protocol.replicas import disagreements
 from ..router import RouterClient, ask_routers
 from ..router import main as _router_main
 from .text import in_seconds

@@ -1,4 +1,4 @@
-"""The link repair logic (cauldron_zmq.linksync) as a pure state machine: no sockets.
+"""The link repair logic (cauldron_zmq.protocol.links) as a pure state machine: no sockets.
 
 Issue 10 item 0: a repair read was skipped while an older read of the keyword
 was in flight to a killed dispatcher, so the final value never arrived.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from typing import List
 
-from cauldron_zmq.linksync import Repair
+from cauldron_zmq.protocol.links import Repair
 
 
 def test_a_loss_supersedes_a_read_in_flight() -> None:

@@ -1,6 +1,6 @@
 """Several routers, without sockets: the registration plan, the strict book, the checks.
 
-:mod:`cauldron_zmq.replicas` decides what a dispatcher sends each router and
+:mod:`cauldron_zmq.protocol.replicas` decides what a dispatcher sends each router and
 what the answer means; :class:`cauldron_zmq.router.Book` grants a strict
 registration (the pair the dispatcher holds) or refuses it with a conflict;
 the configuration checks ``replicas``.  All driven with ``now`` by hand.
@@ -11,10 +11,10 @@ from typing import Any, Dict, List
 
 import pytest
 
-from cauldron_zmq import replicas
+from cauldron_zmq.protocol import replicas
 from cauldron_zmq.config import DEFAULT, config_from_mapping, split_replica
 from cauldron_zmq.errors import ConfigurationError, RouterError, TimeoutError
-from cauldron_zmq.replicas import (HEARTBEAT, LOST, MOVED, OK, REGISTER, SILENT, RouterLink,
+from cauldron_zmq.protocol.replicas import (HEARTBEAT, LOST, MOVED, OK, REGISTER, SILENT, RouterLink,
                                    disagreements, plan, record, should_spawn)
 from cauldron_zmq.router import Book, RouterRefusal, first_good
 

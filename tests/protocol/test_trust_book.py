@@ -8,7 +8,7 @@ from typing import Any, Callable
 import pytest
 
 from cauldron_zmq import protocol
-from cauldron_zmq.backoff import Schedule
+from cauldron_zmq.protocol.backoff import Schedule
 from cauldron_zmq.router import DOWN, LIVE, Book, Caller, RouterRefusal
 
 T0 = 1_700_000_000.0

@@ -10,9 +10,9 @@ import pytest
 from cauldron_zmq.limits import CEILING, wanted_file_limit
 from cauldron_zmq.names import (MAX_FILE_NAME, MAX_NAME, InvalidName, check_host, check_name,
                                 entry_problem, file_stem, legacy_file_stem, split_entries)
-from cauldron_zmq.backoff import Schedule
+from cauldron_zmq.protocol.backoff import Schedule
 from cauldron_zmq.persist import legacy_persist_path, persist_path
-from cauldron_zmq.retry import Retry
+from cauldron_zmq.protocol.retry import Retry
 
 
 # ----------------------------------------------------------------- names

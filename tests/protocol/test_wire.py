@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cauldron_zmq import protocol as p
+from cauldron_zmq.protocol import wire
 from cauldron_zmq.errors import DispatcherError, RemoteError, remote_exception
 
 
@@ -148,7 +149,7 @@ def test_oversize_decides_cheaply_and_exactly_near_the_limit(monkeypatch):
     # refused on the lower bound, without encoding
     encoded = []
     real_dumps = p.dumps
-    monkeypatch.setattr(p, "dumps", lambda obj: (encoded.append(1), real_dumps(obj))[1])
+    monkeypatch.setattr(wire, "dumps", lambda obj: (encoded.append(1), real_dumps(obj))[1])
     assert p.oversize("x" * 20_000, None, limit) >= 20_000
     assert p.oversize([0] * 10_000, None, limit) >= 20_000
     assert p.oversize({"dtype": "<f8"}, b"\0" * limit, limit) > limit

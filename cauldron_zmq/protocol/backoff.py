@@ -1,7 +1,10 @@
 """Retry schedules as pure functions of time.
 
-A client retries two things: router look-ups (a service that is not up yet,
-a dispatcher that moved) and reconnections.  Retry code is easy to get subtly
+A client retries router look-ups (a service that is not up yet, a dispatcher
+that moved); a router retries a blocked name, a dispatcher a refused
+registration, both a failed save.  Reconnecting is not here: libzmq's own
+reconnect (``RECONNECT_IVL``/``RECONNECT_IVL_MAX``, set in
+:mod:`cauldron_zmq.transport`) does it.  Retry code is easy to get subtly
 wrong when the schedule lives inside an I/O loop (a client once measured
 resending only at 0 s and 7.65 s because each delay was added to the
 *previous total* instead of the previous attempt), so the schedule is kept
@@ -10,21 +13,20 @@ here, apart from any socket, clock or thread, and unit-tested exactly.
 A schedule is a sequence of attempt times measured from the start of the
 retrying, ``0`` for the first attempt::
 
-    >>> list(itertools.islice(Schedule(0.05, 2, 1.0).times(), 8))
+    >>> [Schedule(0.05, 2, 1.0).time_of(n) for n in range(8)]
     [0.0, 0.05, 0.15, 0.35, 0.75, 1.55, 2.55, 3.55]
 
 The delay before attempt ``n + 1`` is ``min(cap, initial * factor ** n)``.
-Callers keep ``(start, attempts)`` and ask :meth:`Schedule.next_time` or
+Callers keep ``(start, attempts)`` and ask :meth:`Schedule.time_of` or
 :meth:`Schedule.due`; nothing here sleeps.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-__all__ = ["Schedule", "schedule", "LOOKUP", "RECONNECT"]
+__all__ = ["Schedule", "LOOKUP"]
 
 _SUM_LIMIT = 10000        # attempts summed one by one before the closed form is used
 
@@ -90,45 +92,10 @@ class Schedule:
             head = self.initial * (self.factor ** m - 1) / (self.factor - 1)
         return round(head + (n - m) * self.cap, 9)
 
-    def times(self, limit: Optional[float] = None) -> Iterator[float]:
-        """Attempt times ``0, t1, t2, ...``; with ``limit``, only those <= limit."""
-        for n in itertools.count():
-            t = self.time_of(n)
-            if limit is not None and t > limit:
-                return
-            yield t
-
-    def next_time(self, attempts: int) -> float:
-        """When the next attempt is due after ``attempts`` attempts were made."""
-        return self.time_of(attempts)
-
     def due(self, elapsed: float, attempts: int) -> bool:
         """Whether another attempt is due ``elapsed`` seconds after the start."""
         return elapsed >= self.time_of(attempts) - 1e-9
 
-    def attempts_by(self, elapsed: float) -> int:
-        """How many attempts a caller following the schedule has made by ``elapsed``."""
-        if elapsed < 0:
-            return 0
-        hi = 1                           # time_of grows with n: gallop, then bisect
-        while self.time_of(hi) <= elapsed + 1e-9:
-            hi *= 2
-        lo = hi // 2                     # time_of(lo) <= elapsed (time_of(0) == 0)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.time_of(mid) <= elapsed + 1e-9:
-                lo = mid
-            else:
-                hi = mid
-        return lo + 1
-
-
-def schedule(initial: float = 0.05, factor: float = 2.0, cap: float = 1.0) -> Schedule:
-    """A :class:`Schedule`; the spelling used in docs and tests."""
-    return Schedule(initial, factor, cap)
-
 
 #: Router look-ups for a service that is not up yet or a dispatcher that moved.
 LOOKUP = Schedule(0.05, 2.0, 1.0)
-#: Resetting a socket whose peer stopped answering.
-RECONNECT = Schedule(0.05, 2.0, 1.0)

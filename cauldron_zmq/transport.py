@@ -1,0 +1,238 @@
+"""How bytes move: the one mailbox, socket creation, monitored sockets, child processes.
+
+Everything the three roles share about *moving* messages lives here, once;
+what a message *means* lives in :mod:`cauldron_zmq.protocol`.
+
+* :class:`Mailbox` -- the one way work crosses into an I/O thread: a queue
+  plus one byte on a non-blocking pipe the thread's poller watches.  A burst
+  of items costs one ``write(2)``.
+* :func:`make_socket` -- a socket with LINGER, MAXMSGSIZE, reconnect interval
+  and CurveZMQ applied before it connects or binds.
+* :class:`Monitored` -- a socket with its monitor socket, closed in the right
+  order (``disable_monitor`` first, so libzmq never writes to a closed pair).
+* :func:`drain` -- every message a socket holds now, without blocking.
+* :func:`child_env` and :func:`spawn_router` -- the environment of a child
+  process that must import this very package, and the one way to start a
+  ``python -m cauldron_zmq.router`` process.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any, Dict, Generic, Iterator, List, Optional, Sequence, TypeVar, Union
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+__all__ = ["Mailbox", "make_socket", "Monitored", "drain", "child_env", "spawn_router",
+           "RECONNECT_IVL_MS", "RECONNECT_IVL_MAX_MS"]
+
+T = TypeVar("T")
+
+RECONNECT_IVL_MS = 50         # ZeroMQ's own reconnect: quick on a restart...
+RECONNECT_IVL_MAX_MS = 250    # ...and never slower than this
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
+
+
+class MailboxClosed(RuntimeError):
+    """The mailbox's I/O thread has stopped taking work."""
+
+
+class Mailbox(Generic[T]):
+    """Hand items to one I/O thread that polls :attr:`fd`.
+
+    ``put`` writes the pipe only when no wake-up is pending (written, not yet
+    drained): the reader clears the flag *before* it empties the queue, so
+    nothing queued before a skipped write is left behind.  Any thread may
+    ``put``; only the owning thread calls :meth:`take_all`.
+    """
+
+    def __init__(self) -> None:
+        self._queue: "queue.SimpleQueue[T]" = queue.SimpleQueue()
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self._lock = threading.Lock()
+        self._pending = False
+        self._closed = False
+        self._fds_closed = False
+
+    @property
+    def fd(self) -> int:
+        """The read end of the pipe, for ``zmq.Poller.register(fd, POLLIN)``."""
+        return self._rfd
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, item: T) -> None:
+        """Queue ``item`` and wake the reader; :class:`MailboxClosed` once closed."""
+        with self._lock:
+            if self._closed:
+                raise MailboxClosed("the I/O thread has stopped")
+            self._queue.put(item)
+            self._wake_locked()
+
+    def put_last(self, item: T) -> bool:
+        """Queue a final ``item`` (e.g. "stop") and close for anyone else; False if closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._queue.put(item)
+            self._closed = True
+            self._pending = False      # force the write: the reader must see this one
+            self._wake_locked()
+            return True
+
+    def wake(self) -> None:
+        """Wake the reader with nothing queued (it re-checks its own state)."""
+        with self._lock:
+            if not self._closed:
+                self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        if self._pending:
+            return
+        self._pending = True
+        try:
+            os.write(self._wfd, b"\0")
+        except BlockingIOError:
+            pass                        # the pipe is full of wake-ups already
+        except OSError:
+            pass                        # closed fds: the reader is gone
+
+    def take_all(self) -> Iterator[T]:
+        """On the owning thread: clear the wake-up, then yield what is queued."""
+        self._pending = False
+        try:
+            while os.read(self._rfd, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        while True:
+            try:
+                yield self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def close_fds(self) -> None:
+        """Close the pipe (after the reader stopped); further puts raise."""
+        with self._lock:
+            self._closed = True
+            if self._fds_closed:
+                return
+            self._fds_closed = True
+            for fd in (self._rfd, self._wfd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def make_socket(ctx: zmq.Context, kind: int, *, linger: int = 0,
+                max_size: Optional[int] = None, security: Any = None,
+                reconnect: bool = False, options: Optional[Dict[int, Any]] = None) -> zmq.Socket:
+    """A socket with the options every role sets, security applied before connect/bind.
+
+    ``security`` is a client or server half from :mod:`cauldron_zmq.security`
+    (anything with ``apply(sock)``); ``reconnect`` sets the quick reconnect
+    interval clients use so a restarted peer is found within 250 ms.
+    """
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, linger)
+    if max_size is not None:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_size)
+    if reconnect:
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    for option, value in (options or {}).items():
+        sock.setsockopt(option, value)
+    if security is not None:
+        security.apply(sock)
+    return sock
+
+
+class Monitored:
+    """A socket and (when ``events``) its monitor socket, closed together and in order."""
+
+    __slots__ = ("socket", "monitor")
+
+    def __init__(self, sock: zmq.Socket, events: int) -> None:
+        self.socket = sock
+        self.monitor: Optional[zmq.Socket] = sock.get_monitor_socket(events) if events else None
+
+    def events(self) -> List[Dict[str, Any]]:
+        """Every monitor event waiting now (none without a monitor)."""
+        mon, out = self.monitor, []
+        while mon is not None and not mon.closed and mon.getsockopt(_EVENTS) & _POLLIN:
+            try:
+                out.append(recv_monitor_message(mon, _NOBLOCK))
+            except zmq.Again:
+                break
+        return out
+
+    def close(self, linger: int = 0) -> None:
+        """Stop the monitor, close it, then the socket; idempotent."""
+        sock, mon = self.socket, self.monitor
+        if mon is not None:
+            if not sock.closed:
+                try:
+                    sock.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+            if not mon.closed:
+                mon.close(linger=0)
+        if not sock.closed:
+            sock.close(linger=linger)
+
+
+def drain(sock: zmq.Socket, copy: bool = True) -> Iterator[List[Any]]:
+    """Every multipart message ``sock`` holds now; stops when it is empty or closed."""
+    while not sock.closed and sock.getsockopt(_EVENTS) & _POLLIN:
+        try:
+            yield sock.recv_multipart(_NOBLOCK, copy=copy)
+        except zmq.Again:
+            return
+
+
+# ------------------------------------------------------------ child processes
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def child_env(keep_config: bool = True) -> Dict[str, str]:
+    """The environment of a child that must import this very package, wherever it is.
+
+    ``keep_config=False`` also drops ``$CAULDRON_ZMQ_CONFIG`` (test children
+    get their configuration explicitly, never from the developer's shell).
+    """
+    env = dict(os.environ)
+    paths = [PACKAGE_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    if not keep_config:
+        env.pop("CAULDRON_ZMQ_CONFIG", None)
+    return env
+
+
+def spawn_router(config_path: str, *, detached: bool = False,
+                 stderr: Union[int, IO[Any], None] = subprocess.PIPE,
+                 extra_args: Sequence[str] = (),
+                 env: Optional[Dict[str, str]] = None) -> "subprocess.Popen[bytes]":
+    """Start ``python -m cauldron_zmq.router -c config_path`` (the one way to).
+
+    ``detached`` gives it a session of its own (^C in our terminal does not
+    reach it) and closes our descriptors in it: a router a dispatcher starts
+    outlives that dispatcher.
+    """
+    cmd = [sys.executable, "-m", "cauldron_zmq.router", "-c", config_path, *extra_args]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL if detached else None,
+                            stderr=stderr, env=env if env is not None else child_env(),
+                            start_new_session=detached, close_fds=True)
