@@ -109,13 +109,21 @@ class Mailbox(Generic[T]):
             pass                        # closed fds: the reader is gone
 
     def take_all(self) -> Iterator[T]:
-        """On the owning thread: clear the wake-up, then yield what is queued."""
-        self._pending = False
+        """On the owning thread: empty the pipe, clear the flag, then yield what is queued.
+
+        In that order: a byte written after the flag is cleared stays in the
+        pipe for the next poll, and an item put while the flag was still set
+        (no byte written) is in the queue before the flag clears.  Clearing
+        first would let this read swallow the byte of a put that arrives
+        between the two, leaving the flag set with an empty pipe: every later
+        put would skip its write and wait for the poll's timeout.
+        """
         try:
             while os.read(self._rfd, 4096):
                 pass
         except (BlockingIOError, OSError):
             pass
+        self._pending = False
         while True:
             try:
                 yield self._queue.get_nowait()

@@ -23,11 +23,12 @@ and ``now`` and is tested without sockets (tests/protocol/test_links_pure.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
-from .backoff import Schedule
+from .backoff import LOOKUP, Schedule
 
-__all__ = ["Repair", "RETRY"]
+__all__ = ["Repair", "RETRY", "LinkState", "Resync", "DOWN", "RELOOKUP", "REPAIR",
+           "link_key", "entry_address"]
 
 #: Retries of a failed repair read: soon, then at most once a second.
 RETRY = Schedule(0.05, 2.0, 1.0)
@@ -129,3 +130,210 @@ class Repair:
     def owed(self) -> List[str]:
         """Names still waiting for a read that postdates their latest loss."""
         return sorted(n for n, s in self.slots.items() if s.answered < s.wanted)
+
+
+# =============================================================================
+# What a client knows of one dispatcher
+# =============================================================================
+
+class Resync(NamedTuple):
+    """A possible loss: re-read what is tracked (see :class:`Repair`).
+
+    ``restarted``: the dispatcher is a new process (sequence numbers start
+    again, requests the old one acknowledged are orphaned); ``supersede``: the
+    connection was renewed, so reads in flight may be lost with it.
+    """
+
+    why: str
+    restarted: bool = False
+    supersede: bool = True
+
+
+#: Timer actions :meth:`LinkState.timers` returns for the I/O layer.
+DOWN, RELOOKUP, REPAIR = "down", "relookup", "repair"
+
+
+def link_key(entry: Mapping[str, Any]) -> str:
+    """A dispatcher's identity in a look-up answer: its name, else host:port."""
+    name = entry.get("dispatcher")
+    if name:
+        return str(name)
+    return f"{entry.get('host')}:{entry.get('dispatch_port')}"
+
+
+def entry_address(entry: Mapping[str, Any]) -> Tuple[str, str, int, int]:
+    """(transport, host, dispatch port, broadcast port) of a look-up entry."""
+    return (str(entry.get("protocol") or "tcp"), str(entry.get("host") or "localhost"),
+            int(entry.get("dispatch_port") or 0), int(entry.get("broadcast_port") or 0))
+
+
+class LinkState:
+    """One dispatcher as a client sees it: liveness, broadcast sequence, restarts, look-ups.
+
+    Events go in with the time they happened (``now``); what to do comes back
+    as data (:class:`Resync`, or the timer actions DOWN, RELOOKUP, REPAIR).
+    The I/O layer (``client/engine.py``) owns the sockets and carries it out.
+    """
+
+    def __init__(self, key: str, entry: Mapping[str, Any], now: float,
+                 liveness: float, lookup: Schedule = LOOKUP) -> None:
+        self.key = key
+        self.name = str(entry.get("dispatcher") or "")
+        self.protocol, self.host, self.dispatch_port, self.broadcast_port = entry_address(entry)
+        self.keywords = {str(k).upper() for k in entry.get("keywords") or ()}
+        self.listed = False
+        self.base_liveness = liveness
+        self.lookup = lookup
+        self.last_heard = now          # any message from it, SUB or DEALER
+        self.last_reply = now          # the last reply on the DEALER
+        self.alive = True
+        self.started: Optional[float] = None
+        self.pid: Optional[int] = None
+        self.gseq: Optional[int] = None
+        self.synced = False            # a heartbeat arrived since the SUB (re)connected
+        self.repair = Repair()         # the re-reads owed after a possible loss
+        self.interval: Optional[float] = None
+        self.relookup_start: Optional[float] = None
+        self.relookup_attempts = 0
+        self.lookup_inflight = False
+        self.refused = False           # its authenticator refused our key
+        self.handshake_error = ""      # the last failed handshake, for timeout messages
+
+    # ----------------------------------------------------------- addresses
+    @property
+    def address(self) -> Tuple[str, str, int, int]:
+        return (self.protocol, self.host, self.dispatch_port, self.broadcast_port)
+
+    def moved(self, entry: Mapping[str, Any]) -> bool:
+        """Whether a look-up entry gives this dispatcher another address."""
+        return entry_address(entry) != self.address
+
+    def move(self, entry: Mapping[str, Any]) -> None:
+        """Take the new address; the new sockets must sync afresh."""
+        self.protocol, self.host, self.dispatch_port, self.broadcast_port = entry_address(entry)
+        self.renewed()
+
+    def renewed(self) -> None:
+        """New sockets (a move, a refused handshake retried): nothing heard on them yet."""
+        self.synced, self.gseq = False, None
+
+    # ------------------------------------------------------------ liveness
+    def liveness(self) -> float:
+        """The configured liveness, unless the dispatcher's own heartbeat is slower."""
+        if self.interval and self.interval * 2 >= self.base_liveness:
+            return self.interval * 3
+        return self.base_liveness
+
+    def heard(self, now: float, reply: bool = False) -> Optional[Resync]:
+        """Something arrived; a Resync if the dispatcher was down and is back."""
+        self.last_heard = now
+        if reply:
+            self.last_reply = now
+        if self.alive:
+            return None
+        self.alive = True
+        self.relookup_start = None
+        return Resync("answering again")
+
+    def went_down(self) -> float:
+        """Mark it down (nothing heard for too long); returns seconds since heard."""
+        self.alive = False
+        self.synced = False
+        return self.last_heard
+
+    # ----------------------------------------------------------- handshakes
+    def handshake(self, succeeded: bool, refused: bool, text: str) -> bool:
+        """A handshake event; True when it is a new refusal (fail what waits on it)."""
+        if succeeded:
+            self.handshake_error, self.refused = "", False
+            return False
+        self.handshake_error = text
+        if not refused or self.refused:
+            return False
+        self.refused = True
+        return True
+
+    # ----------------------------------------------------------- broadcasts
+    def sub_connected(self) -> Resync:
+        """The SUB (re)connected: what was published before its subscription is lost."""
+        self.synced = False
+        return Resync("broadcast socket connected")
+
+    def on_heartbeat(self, hb: Mapping[str, Any]) -> Optional[Resync]:
+        """A heartbeat: restart by ``started``/``pid``, gaps and regressions by ``gseq``."""
+        started, pid, gseq = hb.get("started"), hb.get("pid"), hb.get("gseq")
+        interval = hb.get("interval")
+        if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:
+            self.interval = float(interval)
+        restarted = self.started is not None and (started != self.started or pid != self.pid)
+        self.started, self.pid = started, pid
+        action: Optional[Resync] = None
+        if restarted:
+            action = Resync("dispatcher restarted", restarted=True)
+        elif not self.synced:
+            action = Resync("first heartbeat since connecting")
+        elif isinstance(gseq, int) and self.gseq is not None and gseq != self.gseq:
+            backwards = gseq < self.gseq
+            action = Resync("broadcast sequence went backwards" if backwards else
+                            f"lost broadcasts (heartbeat gseq {gseq}, last seen {self.gseq})",
+                            restarted=backwards, supersede=backwards)
+        self.synced = True
+        if isinstance(gseq, int):
+            self.gseq = gseq
+        return action
+
+    def on_broadcast(self, gseq: Any) -> Optional[Resync]:
+        """A value broadcast's ``gseq``: the next one, a gap, or a regression."""
+        action: Optional[Resync] = None
+        if isinstance(gseq, int) and self.gseq is not None:
+            if gseq <= self.gseq:
+                action = Resync("broadcast sequence went backwards", restarted=True)
+            elif gseq > self.gseq + 1:
+                action = Resync(f"lost broadcasts (gseq {self.gseq} -> {gseq})",
+                                supersede=False)
+        if isinstance(gseq, int):
+            self.gseq = gseq
+        return action
+
+    # -------------------------------------------------------------- look-ups
+    def start_relookup(self, now: float, enabled: bool) -> None:
+        """Begin asking the router where it is (it may have moved), unless already."""
+        if enabled and self.name and self.relookup_start is None:
+            self.relookup_start = now
+            self.relookup_attempts = 0
+
+    def relookup_sent(self) -> None:
+        self.relookup_attempts += 1
+        self.lookup_inflight = True
+
+    def relookup_answered(self, found_same: bool) -> None:
+        """A look-up answer: the same address and alive means slow, not moved: stop."""
+        self.lookup_inflight = False
+        if found_same and self.alive:
+            self.relookup_start = None
+
+    # ---------------------------------------------------------------- timers
+    def next_due(self, now: float) -> Optional[float]:
+        """When :meth:`timers` next has something to do (None: nothing scheduled)."""
+        due: List[float] = []
+        if self.alive:
+            due.append(self.last_heard + self.liveness())
+        if self.relookup_start is not None and not self.lookup_inflight:
+            due.append(self.relookup_start + self.lookup.time_of(self.relookup_attempts))
+        retry = self.repair.next_due() if self.alive else None
+        if retry is not None:         # while it is down, coming back re-reads anyway
+            due.append(retry)
+        return min(due) if due else None
+
+    def timers(self, now: float) -> List[str]:
+        """What is due at ``now``: DOWN (silent too long), RELOOKUP, REPAIR (a re-read)."""
+        out = []
+        if self.alive and now - self.last_heard > self.liveness():
+            out.append(DOWN)
+        if self.relookup_start is not None and not self.lookup_inflight and \
+                self.lookup.due(now - self.relookup_start, self.relookup_attempts):
+            out.append(RELOOKUP)
+        retry = self.repair.next_due() if self.alive and DOWN not in out else None
+        if retry is not None and retry <= now:
+            out.append(REPAIR)
+        return out

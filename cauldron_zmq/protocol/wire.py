@@ -267,7 +267,7 @@ _ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allo
 
 
 try:        # the C encoder JSONEncoder.encode() builds on each call, built once
-    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
     from json.encoder import encode_basestring as _encode_basestring
 except ImportError:  # pragma: no cover - CPython always has them
     _c_make_encoder = None

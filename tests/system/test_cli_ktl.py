@@ -577,8 +577,8 @@ def test_scripts_test_header_examples_select_tests() -> None:
     header = (ROOT / "scripts" / "test").read_text()
     assert "-k router" in header and "tests/system/test_tools.py" in header
     assert "tests/unit/test_types.py" in header and "-m smoke" not in header
-    assert (ROOT / "tests" / "test_types.py").exists()
-    assert any("router" in p.name for p in (ROOT / "tests").glob("test_*.py"))
+    assert (ROOT / "tests" / "unit" / "test_types.py").exists()
+    assert any("router" in p.name for p in (ROOT / "tests").glob("*/test_*.py"))
 
 
 def test_license_and_py_typed() -> None:

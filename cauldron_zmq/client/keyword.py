@@ -1,0 +1,623 @@
+"""One keyword of a Service, as KTL's ``ktl.Keyword``: its cache, calls, callbacks and waits."""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+from .. import protocol
+from ..errors import CauldronError, ConversionError, MessageTooLarge, TimeoutError
+from ..expression import OPERATORS, Value, compare, parse_relative
+from ..protocol.cache import FRESH, REPLY, HistorySlice, KeywordCache
+from ..protocol.cache import State as _State
+from ..protocol.cache import fields as _value_fields
+from ..types import KeywordType, keyword_type
+from .operators import Operators
+from .task import (
+    ServiceShutDown,
+    Task,
+    _bounded,
+    _fmt_s,
+    _seconds_or_none,
+    _under_deadline,
+)
+from .waits import _timed_out, _wait_until
+
+if TYPE_CHECKING:
+    from .service import Service
+
+
+# =============================================================================
+# Keyword
+# =============================================================================
+
+_ALLOWED_KEYS = ("ascii", "binary", "bin", "populated", "monitored", "monitor", "reads",
+                 "writes", "timestamp", "units", "type", "name", "enumerators", "connected",
+                 "description", "broadcasts")
+
+
+class Keyword(Operators):
+    """One keyword of a :class:`Service`, as KTL's ``ktl.Keyword``.
+
+    Values arrive in two forms: *ascii* (the dispatcher's canonical string,
+    what KTL shows) and *binary* (the native Python value).  The cache
+    (``kw['ascii']``, ``kw.value``...) holds the latest value taken in from a
+    read, a write reply or a broadcast.
+    """
+
+    def __init__(self, service: "Service", name: str, description: Dict[str, Any],
+                 raw: Optional[bytes] = None) -> None:
+        self.service = service
+        self._name = name.upper()
+        self._kt = _keyword_type(self._name, description, service.log)
+        self._units = description.get("units") or ""
+        self._text = description.get("description") or ""
+        self._readonly = bool(description.get("readonly"))
+        self._writeonly = bool(description.get("writeonly"))
+        self._declared_timeout = _seconds_or_none(description.get("timeout"))
+        self.progress = description.get("progress") or None   # the keyword showing progress
+        self._cond = threading.Condition()
+        self._cache = KeywordCache(self._name, self._kt.equal)   # guarded by _cond
+        self._local = threading.local()       # .state: what a running callback sees
+        self._callbacks: List[Callable[["Keyword"], Any]] = []
+        self._listeners: Set[threading.Event] = set()
+        self._monitored = False
+        self._watchers = 0
+        self._polled = False
+        if "value" in description:                 # raw: a numpy array's frame
+            self._ingest(*_described_value(self._kt, description, raw), REPLY)
+
+    # ------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.service.name}.{self._name}"
+
+    @property
+    def KTL_TYPE(self) -> str:  # noqa: N802 - KTL's attribute name
+        return self._kt.type
+
+    @property
+    def keyword_type(self) -> KeywordType:
+        return self._kt
+
+    @property
+    def units(self) -> str:
+        return self._units
+
+    def clone(self) -> "Keyword":
+        return self
+
+    def __repr__(self) -> str:
+        return (f"<cauldron_zmq.ktl.Keyword {self.full_name} {self._kt.ktl_type} "
+                f"ascii={self._view().ascii!r}>")
+
+    # --------------------------------------------------------------- values
+    def _view(self) -> _State:
+        """The cached state; inside a callback, the state that fired it."""
+        state = getattr(self._local, "state", None)
+        return state if state is not None else self._cache.state
+
+    @property
+    def value(self) -> Any:
+        """The cached native ("binary") value; None until one was received."""
+        return self._view().value
+
+    def _current_value(self, binary: bool = False, both: bool = False) -> Any:
+        """The cached value as ``read()`` would give it, without asking (Cauldron's name)."""
+        state = self._view()
+        if both:
+            return state.value, state.ascii
+        return state.value if binary else state.ascii
+
+    @property
+    def binary(self) -> Any:
+        """KTL's name for :attr:`value`: the cached native value (None until one arrived)."""
+        return self._view().value
+
+    @property
+    def ascii(self) -> Optional[str]:
+        """The ascii value; an array's is formatted here, when asked (it does not travel)."""
+        state = self._view()
+        if state.ascii is None and state.value is not None:
+            return self._ascii_of(state.value)
+        return state.ascii
+
+    @property
+    def timestamp(self) -> Optional[float]:
+        """The dispatcher's time (epoch s, sub-second) of the cached value."""
+        return self._view().time
+
+    @property
+    def history(self) -> Deque[HistorySlice]:
+        with self._cond:
+            history = self._cache.history
+            return collections.deque(history, maxlen=history.maxlen)
+
+    @property
+    def connected(self) -> bool:
+        """False while the dispatcher is silent (no heartbeat within liveness)."""
+        return self._view().connected
+
+    @property
+    def populated_value(self) -> bool:
+        return self._view().populated
+
+    def cast(self, value: Any) -> Any:
+        """ascii (or any accepted form) to the native value, as the type converts it."""
+        return self._kt.from_wire(value, None, check=False)
+
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _ALLOWED_KEYS:
+            raise KeyError(f"{self.full_name}: unknown key {key!r}; "
+                           f"expected one of {', '.join(_ALLOWED_KEYS)}")
+        return getattr(self, "_item_" + key)()
+
+    def _item_ascii(self) -> Optional[str]:
+        return self.ascii
+
+    def _item_binary(self) -> Any:
+        return self.value
+
+    _item_bin = _item_binary          # KTL's short spelling
+
+    def _item_populated(self) -> bool:
+        return self.populated_value
+
+    def _item_monitored(self) -> bool:
+        return self._monitored
+
+    _item_monitor = _item_monitored
+
+    def _item_reads(self) -> bool:
+        return not self._writeonly
+
+    def _item_writes(self) -> bool:
+        return not self._readonly
+
+    def _item_timestamp(self) -> Optional[float]:
+        return self.timestamp
+
+    def _item_units(self) -> str:
+        return self._units
+
+    def _item_type(self) -> str:
+        return self._kt.ktl_type
+
+    def _item_name(self) -> str:
+        return self._name
+
+    def _item_connected(self) -> bool:
+        return self.connected
+
+    def _item_description(self) -> str:
+        return self._text
+
+    def _item_broadcasts(self) -> int:
+        with self._cond:
+            return self._cache.broadcasts
+
+    def _item_enumerators(self) -> Dict[str, str]:
+        if self._kt.enumerators is None:
+            raise KeyError(f"{self.full_name} ({self._kt.ktl_type}) has no enumerators")
+        return {str(value): name for value, name in self._kt.enumerators}
+
+    # ----------------------------------------------------------------- I/O
+    def read(self, binary: bool = False, both: bool = False, wait: bool = True,
+             timeout: Optional[float] = None) -> Any:
+        """Ask the dispatcher for the value (running its read hooks).
+
+        Returns ascii, or native with ``binary=True``, or ``(binary, ascii)``
+        with ``both=True``; ``wait=False`` returns a :class:`Task`.
+        """
+        if wait:
+            timeout = self._timeout(timeout)
+            engine = self.service._engine_or_raise()
+            reply = engine.direct.request("read", self._name, {}, None, timeout, True,
+                                          self._read_description)
+            if reply is not None:            # answered in this thread (see client.direct)
+                return self._result(engine._ingest_reply(self, reply), reply.raw, binary, both)
+        task = self._read_task(binary, both, timeout, REPLY)
+        return task if not wait else task.get()
+
+    def _read_task(self, binary: bool, both: bool, timeout: Optional[float],
+                   source: str) -> Task:
+        engine = self.service._engine_or_raise()
+        return engine.submit("read", self._name, timeout=self._timeout(timeout),
+                             on_reply=lambda r: self._result(
+                                 engine._ingest_reply(self, r, source), r.raw, binary, both),
+                             description=self._read_description)
+
+    def _read_description(self) -> str:
+        return f"{self.full_name}: read"
+
+    def write(self, value: Any, wait: bool = True, binary: bool = False,
+              timeout: Optional[float] = None) -> Any:
+        """Write and, with ``wait``, return once the dispatcher applied it.
+
+        Returns the value as applied (ascii; native with ``binary=True``).  A
+        refusal raises the dispatcher's error (a DispatcherError that is also
+        the remote built-in type); a refused *value* is always a ValueError,
+        whichever side refused it (ConversionError here, code
+        ``invalid-value`` there).  ``wait=False`` returns a :class:`Task`.
+        """
+        wire, raw = self._encode(value)
+        engine = self.service._engine_or_raise()
+        seconds, explicit = self._timeout(timeout), self._explicit(timeout)
+        if wait:
+            reply = engine.direct.request(
+                "write", self._name, {"value": wire}, raw, seconds, explicit,
+                lambda: f"{self.full_name}: write {_short(value)}")
+            if reply is not None:            # answered in this thread (see client.direct)
+                return self._result(engine._ingest_reply(self, reply), reply.raw, binary, False)
+        task = engine.submit("write", self._name, {"value": wire}, raw=raw,
+                             timeout=seconds, explicit=explicit,
+                             on_reply=lambda r: self._result(engine._ingest_reply(self, r),
+                                                             r.raw, binary, False),
+                             description=lambda: f"{self.full_name}: write {_short(value)}")
+        return task if not wait else task.get()
+
+    def _timeout(self, timeout: Optional[float]) -> float:
+        """The caller's, else the keyword's declared, else the service's; cut to a deadline()."""
+        if timeout is None:
+            timeout = self._declared_timeout or self.service.timeout
+        return _bounded(float(timeout), self.full_name)
+
+    def _explicit(self, timeout: Optional[float]) -> bool:
+        """Whether a deadline bounds a write even after the dispatcher acknowledged it."""
+        return (timeout is not None or self._declared_timeout is not None
+                or self.service._explicit_timeout or _under_deadline())
+
+    def _encode(self, value: Any) -> Tuple[Any, Optional[bytes]]:
+        """Text goes as ascii (the dispatcher parses it); anything else as wire JSON.
+
+        A request over ``[zmq] max-message-size`` is refused here
+        (MessageTooLarge): ZeroMQ would drop the connection it travels on
+        and the write would only time out.
+        """
+        if value is None:
+            raise ConversionError(f"{self.full_name}: cannot write None")
+        limit = self.service._engine_or_raise().max_size
+        overhead = protocol.request_overhead("write", self._name)
+        size = None
+        if isinstance(value, (list, tuple)) and 2 * len(value) + 1 + overhead > limit:
+            size = 2 * len(value) + 1 + overhead     # a byte and a comma each, at least:
+        if size is None:                             # refused before converting 10**7 items
+            wire, raw = (value, None) if isinstance(value, str) else self._kt.to_wire(value)
+            size = protocol.oversize(wire, raw, limit, overhead)
+            if size is not None and raw is None and isinstance(value, (list, tuple)):
+                framed = self._framed(value)         # too long as JSON: try a raw frame
+                if framed is not None and protocol.oversize(*framed, limit, overhead) is None:
+                    (wire, raw), size = framed, None
+        if size is not None:
+            raise MessageTooLarge(
+                f"{self.full_name}: the write of {size} bytes or more exceeds the message size "
+                f"limit of {limit} bytes ([zmq] max-message-size); nothing was sent",
+                size=size, limit=limit)
+        return wire, (bytes(raw) if raw is not None else None)
+
+    def _framed(self, value: Any) -> Optional[Tuple[Any, Any]]:
+        """An array's (header, frame) wire form, with numpy; None if that cannot be."""
+        np = _numpy() if self._kt.is_array else None
+        if np is None:
+            return None
+        try:
+            return self._kt.to_wire(self._kt.from_wire(np.asarray(value), check=False))
+        except (ConversionError, ValueError, TypeError):
+            return None
+
+    def _decode(self, wire: Any, raw: Optional[bytes]) -> Any:
+        if wire is None:
+            return None
+        try:
+            return self._kt.from_wire(wire, raw, check=False)
+        except (ConversionError, ValueError, TypeError) as exc:
+            self.service.log.warning("%s: cannot convert %s: %s", self.full_name, _short(wire), exc)
+            return None if isinstance(wire, dict) else wire   # never an array's frame header
+
+    def _ascii_of(self, native: Any) -> str:
+        """The ascii form of a value that came without one (strings, arrays)."""
+        if isinstance(native, str):
+            return native
+        try:
+            return self._kt.to_ascii(native)
+        except (ConversionError, ValueError, TypeError):
+            return str(native)
+
+    def _result(self, payload: Any, raw: Optional[bytes], binary: bool, both: bool) -> Any:
+        if not isinstance(payload, dict):
+            raise CauldronError(f"{self.full_name}: the dispatcher answered {payload!r}, "
+                                "not a value")
+        native = self._decode(payload.get("value"), raw)
+        if binary and not both:
+            return native
+        text = payload.get("ascii")
+        if text is None and native is not None:
+            text = self._ascii_of(native)
+        return (native, text) if both else text
+
+    # ---------------------------------------------------------- monitoring
+    def monitor(self, start: bool = True, prime: bool = True, wait: bool = True) -> Optional[Task]:
+        """Take broadcasts in and fire callbacks on each; ``prime`` reads first.
+
+        ``start=False`` stops monitoring (callbacks stay registered).  With
+        ``wait=False`` the priming read's Task is returned.
+        """
+        with self._cond:
+            self._monitored = bool(start)
+        if start and prime:
+            task = self._read_task(False, False, None, FRESH)   # callbacks get this value
+            if not wait:
+                return task
+            task.get()
+        return None
+
+    subscribe = monitor
+
+    def callback(self, function: Callable[["Keyword"], Any], remove: bool = False,
+                 preferred: bool = False) -> None:
+        """Register ``function(keyword)``; held strongly until ``remove=True``.
+
+        Callbacks run on the Service's callback thread, one update at a time,
+        and see the keyword as that update left it (``kw['ascii']`` is the
+        value that fired them, even if newer ones arrived since).  Unlike the
+        original Cauldron they fire on every broadcast received while
+        monitored, changed or not, and for the value ``monitor()`` primes
+        with; unmonitored, on a read or write reply that brings a new value.
+        """
+        if not callable(function):
+            raise TypeError(f"{self.full_name}: callback {function!r} is not callable")
+        with self._cond:
+            if remove:
+                self._callbacks = [f for f in self._callbacks if f != function]
+            elif preferred:
+                self._callbacks = [function] + [f for f in self._callbacks if f != function]
+            elif function not in self._callbacks:
+                self._callbacks = self._callbacks + [function]
+
+    def _run_callbacks(self, state: _State) -> None:
+        """On the callback thread: each callback sees the value that fired it."""
+        with self._cond:
+            callbacks = self._callbacks
+        self._local.state = state
+        try:
+            for fn in callbacks:
+                try:
+                    fn(self)
+                except Exception:  # noqa: BLE001 - one bad callback must not stop the others
+                    self.service.log.exception("%s: callback %r raised", self.full_name, fn)
+        finally:
+            self._local.state = None
+
+    def poll(self, period: float = 1.0, start: bool = True) -> None:
+        """Read in the background every ``period`` s (callbacks fire on new values)."""
+        if start and not period > 0:
+            raise ValueError(f"{self.full_name}: poll period must be positive, got {period!r}")
+        self._polled = bool(start)
+        name = self._name
+        engine = self.service._engine_or_raise()
+        engine.post(lambda: engine.io_set_poll(name, float(period) if start else None))
+
+    def isAlive(self) -> bool:  # noqa: N802 - KTL's name
+        """True if the dispatcher was heard from within ``[zmq] liveness`` seconds."""
+        engine = self.service._engine_or_raise()
+        key = engine.names.get(self._name)
+        return engine.is_alive(key) if key is not None else False
+
+    # -------------------------------------------------------------- waiting
+    def wait(self, timeout: Optional[float] = None, operator: Optional[str] = None,
+             value: Any = None, sequence: Optional[Task] = None, reset: bool = False,
+             case: bool = False, *, raise_on_timeout: bool = False) -> bool:
+        """Block until the next update, a comparison holds, or a write Task ends.
+
+        * no condition: the next update of this keyword (a broadcast, or a
+          value the client re-read to catch up) arriving after the call;
+        * ``operator`` ('==', '!=', '<', '<=', '>', '>=') and ``value``: until
+          the keyword's value compares so (a string is cast with the
+          keyword's type, so enumerator names work);
+        * ``sequence=task``: until that ``write(wait=False)`` Task completes
+          (its error is re-raised).
+
+        Returns True, or **False when** ``timeout`` **seconds pass first**, as
+        KTL does; ``timeout=None`` waits as long as it takes.  With
+        ``raise_on_timeout=True`` an expired timeout raises TimeoutError
+        (saying the last value seen) instead.  What is not a timeout raises
+        anyway: a bad operator, a priming read the dispatcher does not answer,
+        a dispatcher silent when the timeout expires, a Service shut down.
+        ``reset`` is accepted for KTL's signature: every wait looks only at
+        updates after the call.
+        """
+        limit = None if timeout is None else float(timeout)
+        if sequence is not None:
+            return self._wait_sequence(sequence, limit, raise_on_timeout)
+        if operator is not None:
+            return self._wait_compare(operator, value, limit, case, raise_on_timeout)
+        return self._wait_update(limit, raise_on_timeout)
+
+    def waitFor(self, expression: str, timeout: Optional[float] = None,  # noqa: N802 - KTL
+                case: bool = False, *, raise_on_timeout: bool = False) -> bool:
+        """Block until an expression relative to this keyword holds: ``'== "open"'``.
+
+        The expression starts with a comparison and may go on as any KTL
+        expression (``'== 1 or == 2'``, ``'>= $svc.LIMIT - 0.5'``); bare words
+        are this keyword's enumerator names.  True when it holds, False when
+        ``timeout`` expires (or TimeoutError with ``raise_on_timeout=True``).
+        """
+        from ..ktl import _wait_parsed  # ktl builds on this package
+        expr = parse_relative(expression, self.service.name, self._name)
+        return _wait_parsed(expr, timeout, case, raise_on_timeout,
+                            {(self.service.name, self._name): self})
+
+    waitfor = waitFor
+
+    def _wait_sequence(self, task: Task, limit: Optional[float], raise_on_timeout: bool) -> bool:
+        if not isinstance(task, Task):
+            raise TypeError(f"{self.full_name}: sequence= takes the Task that "
+                            f"write(wait=False) returned, not {task!r}")
+        if not task.wait(limit):
+            if raise_on_timeout:
+                raise TimeoutError(f"{self.full_name}: {task.description or 'task'} not "
+                                   f"complete within {_fmt_s(limit)}")
+            return False
+        task.get()                        # re-raises the request's own error
+        return True
+
+    def _wait_update(self, limit: Optional[float], raise_on_timeout: bool) -> bool:
+        deadline = None if limit is None else time.monotonic() + limit
+        with self._cond:
+            start = self._cache.updates
+            while self._cache.updates == start:
+                self._check_open()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return _timed_out([self], f"{self.full_name}: no update", limit,
+                                      raise_on_timeout)
+                self._cond.wait(remaining)
+        return True
+
+    def _wait_compare(self, op: str, value: Any, limit: Optional[float], case: bool,
+                      raise_on_timeout: bool) -> bool:
+        if op not in OPERATORS:
+            raise ValueError(f"{self.full_name}: unknown operator {op!r}; expected one of "
+                             f"{', '.join(OPERATORS)}")
+        return _wait_until([self], lambda: compare(op, self._snapshot(), value, case), limit,
+                           f"{self.full_name} {op} {value!r}", raise_on_timeout)
+
+    def _snapshot(self) -> Value:
+        """The current value for an expression (the lock is re-entrant)."""
+        state = self._cache.state
+        return Value(state.value, state.ascii, self.cast)
+
+    def _watch(self, delta: int) -> None:
+        with self._cond:
+            self._watchers += delta
+
+    def _tracked(self) -> bool:
+        """Whether the I/O thread keeps this keyword's cache fresh after a loss."""
+        return self._monitored or self._watchers > 0 or self._polled
+
+    def _add_listener(self, event: threading.Event) -> None:
+        with self._cond:
+            self._listeners.add(event)
+
+    def _remove_listener(self, event: threading.Event) -> None:
+        with self._cond:
+            self._listeners.discard(event)
+
+    # ------------------------------- updates (the I/O thread or a direct reply)
+    def _take(self, payload: Any, raw: Optional[bytes], source: str) -> None:
+        """Take a value in and queue its callbacks, in one step under the lock.
+
+        Replies (in user threads, see :mod:`.direct`) and broadcasts (the I/O
+        thread) arrive concurrently: deciding and queueing under one lock
+        keeps the callbacks in the order the changes were taken in.
+        """
+        with self._cond:
+            self._fire(self._ingest(payload, raw, source))
+
+    def _fire(self, state: Optional[_State]) -> None:
+        """Queue the callbacks for ``state`` (None: nothing to fire)."""
+        engine = self.service._engine
+        if state is not None and engine is not None:
+            engine.callbacks.fire(self, state)
+
+    def _ingest(self, payload: Any, raw: Optional[bytes], source: str) -> Optional[_State]:
+        """Store a VALUE (unless older than the cache); the state to fire callbacks with.
+
+        What is stored and what fires is :meth:`.protocol.cache.KeywordCache.ingest`'s
+        decision; here the value is decoded, and waiters and listeners woken.
+        """
+        got = _value_fields(payload, raw)
+        if got is None:
+            return None                 # no value (yet): stays unpopulated, no history entry
+        native = self._decode(got.value, raw)
+        with self._cond:
+            state = self._cache.ingest(native, got.ascii, got.time, got.seq, source,
+                                       monitored=self._monitored, polled=self._polled,
+                                       has_callbacks=bool(self._callbacks), wall=time.time())
+            self._cond.notify_all()
+            listeners = list(self._listeners)
+        for event in listeners:
+            event.set()
+        return state
+
+    def _forget_sequence(self) -> None:
+        """The dispatcher restarted: its sequence numbers start again."""
+        with self._cond:
+            self._cache.forget_sequence()
+
+    def _wake_waiters(self) -> None:
+        """The service shut down: threads in wait()/waitFor() raise ServiceShutDown."""
+        with self._cond:
+            self._cond.notify_all()
+            listeners = list(self._listeners)
+        for event in listeners:
+            event.set()
+
+    def _check_open(self) -> None:
+        if self.service.closed:
+            raise ServiceShutDown(f"service {self.service.name!r} was shut down while "
+                                  f"waiting on {self.full_name}")
+
+    def _set_connected(self, connected: bool) -> Optional[_State]:
+        """Record a liveness change; returns the state if callbacks should fire."""
+        with self._cond:
+            before = self._cache.state
+            fire = self._cache.set_connected(connected, monitored=self._monitored,
+                                             has_callbacks=bool(self._callbacks))
+            if self._cache.state is before:
+                return None
+            self._cond.notify_all()
+            listeners = list(self._listeners)
+        for event in listeners:
+            event.set()
+        return fire
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:30] + "..." + text[-6:]
+
+
+def _described_value(kt: KeywordType, description: Dict[str, Any],
+                     raw: Optional[bytes]) -> Tuple[Dict[str, Any], Optional[bytes]]:
+    """A DESCRIPTION's value as a read would bring it.
+
+    A describe of every keyword has no room for raw frames: it gives a numpy
+    array as a JSON list with its ``dtype``, made an array again here (when
+    numpy is installed), so its type does not depend on how it was described.
+    """
+    dtype, value = description.get("dtype"), description.get("value")
+    if raw is not None or not kt.is_array or not isinstance(dtype, str) \
+            or not isinstance(value, list):
+        return description, raw
+    np = _numpy()
+    if np is None:
+        return description, raw
+    try:
+        native = np.array(kt.from_wire(value, check=False), dtype=dtype)
+        header, frame = kt.to_wire(kt.from_wire(native, check=False))
+    except (ConversionError, ValueError, TypeError):
+        return description, raw
+    return dict(description, value=header), bytes(frame)
+
+
+def _numpy() -> Any:
+    from ..types import _numpy_import
+    return _numpy_import()
+
+
+def _keyword_type(name: str, description: Dict[str, Any], logger: logging.Logger) -> KeywordType:
+    """The KeywordType a ``describe`` reply announces (string if it makes no sense)."""
+    try:
+        return KeywordType.from_description(description, name)
+    except (ConversionError, KeyError, TypeError, ValueError) as exc:
+        logger.warning("%s: unusable type in describe reply (%s); treating it as a string",
+                       name, exc)
+        return keyword_type("string", name=name)
