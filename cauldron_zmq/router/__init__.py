@@ -35,17 +35,17 @@ from typing import IO, Any, Deque, Dict, List, NoReturn, Optional, Set, Tuple, U
 import click
 import zmq
 
-from . import __version__
-from . import protocol
-from .config import Config, endpoint, load_config
-from .protocol.backoff import Schedule
-from .files import set_aside, write_atomically
-from .limits import raise_file_limit
-from .names import InvalidName, check_host, check_name
-from .protocol.retry import Retry
-from .errors import (AuthenticationError, CauldronError, ConfigurationError, ProtocolError,
+from .. import __version__
+from .. import protocol
+from ..config import Config, endpoint, load_config
+from ..protocol.backoff import Schedule
+from ..files import set_aside, write_atomically
+from ..limits import raise_file_limit
+from ..names import InvalidName, check_host, check_name
+from ..protocol.retry import Retry
+from ..errors import (AuthenticationError, CauldronError, ConfigurationError, ProtocolError,
                      RouterError, TimeoutError, remote_exception)
-from .security import (FAILED, HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security,
+from ..security import (FAILED, HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security,
                        frame_property, handshake_event, loopback, refused_message,
                        server_security)
 
@@ -1378,7 +1378,7 @@ class Router:
 def _child_env() -> Dict[str, str]:
     """The environment of a router process: it must import this very package."""
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     paths = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
@@ -1787,6 +1787,3 @@ def main(config_path: Optional[str], verbose: int) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-
-if __name__ == "__main__":
-    main(prog_name=PROG)
