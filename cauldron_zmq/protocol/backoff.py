@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 __all__ = ["Schedule", "LOOKUP"]
 
