@@ -2,24 +2,28 @@
 
 From pure to I/O, one file each:
 
-* :class:`Book` (:mod:`cauldron_zmq.protocol.book`) -- the state machine.
+* :class:`~cauldron_zmq.protocol.book.Book` -- the state machine.
   Plain data and methods that take ``now`` and return result dicts (or
-  raise :class:`RouterRefusal`); no sockets, files or clock, so
+  raise :class:`~cauldron_zmq.protocol.entries.RouterRefusal`); no
+  sockets, files, clock or logging module, so
   ``tests/protocol`` drives it directly.  ``docs/router.rst`` states the
   rules it implements.
-* :mod:`.state` -- the state file: :func:`save_state` writes the book
-  atomically, :func:`read_state` reads it back, :func:`quarantine` moves a
-  corrupt file aside so a human can look at it.
-* :mod:`.serving` -- the serving loop: one ROUTER socket, the thread that
-  runs it, :mod:`cauldron_zmq.protocol` to decode and encode, the book to
-  decide.
-* :mod:`.launch` -- :class:`Router`, which runs that loop in the caller's
-  thread, a thread of its own or a ``python -m cauldron_zmq.router`` process.
-* :mod:`.client` -- :class:`RouterClient`, the DEALER side used by
-  dispatchers, clients and the ``cauldron-zmq services`` command, and
-  :func:`ask_routers` / :func:`first_good` for several routers at once.
-* :mod:`.cli` -- :func:`main`, the ``Cauldron-router-zmq`` console script
-  (also ``python -m cauldron_zmq.router``).
+* :mod:`cauldron_zmq.router.state` -- the state file:
+  :func:`~cauldron_zmq.router.state.save_state` writes the book atomically,
+  :func:`~cauldron_zmq.router.state.read_state` reads it back,
+  :func:`~cauldron_zmq.router.state.quarantine` moves a corrupt file aside
+  so a human can look at it.
+* :mod:`cauldron_zmq.router.serving` -- the serving loop: one ROUTER socket,
+  the thread that runs it, :mod:`cauldron_zmq.protocol` to decode and
+  encode, the book to decide.
+* :mod:`cauldron_zmq.router.launch` -- :class:`Router`, which runs that loop
+  in the caller's thread, a thread of its own or a ``python -m
+  cauldron_zmq.router`` process.
+* :mod:`cauldron_zmq.router.client` -- :class:`RouterClient`, the DEALER side
+  used by dispatchers, clients and the ``cauldron-zmq services`` command,
+  and :func:`ask_routers` / :func:`first_good` for several routers at once.
+* :mod:`cauldron_zmq.router.cli` -- ``main``, the ``Cauldron-router-zmq``
+  console script (also ``python -m cauldron_zmq.router``).
 
 Every name above is importable from ``cauldron_zmq.router``, as it was when
 the router was one module.

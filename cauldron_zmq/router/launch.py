@@ -38,7 +38,8 @@ __all__ = ["Router"]
 
 
 class Router:
-    """Serves a :class:`Book` on a ROUTER socket at ``[zmq-router]``.
+    """Serves a :class:`~cauldron_zmq.protocol.book.Book` on a ROUTER socket at
+    ``[zmq-router]``.
 
     ``serve()`` runs in the calling thread; ``start()`` runs it in the
     background as ``config.router.process`` says (a thread, or a separate
