@@ -160,14 +160,14 @@ class Book(PairTable):
         entry = self.get(service, dispatcher)
         self._check_owner(entry, caller, "register")
         live = entry is not None and self.state(entry, now) == LIVE
-        if live and entry.host != host:
+        if live and entry is not None and entry.host != host:
             raise RouterRefusal(protocol.E_CONFLICT, (
                 f"{entry.name} is held by a live dispatcher on host {entry.host!r}; "
                 f"refusing the registration from host {host!r}"))
         self._check_keyword_owners(service, dispatcher, kws, now)
         other_live = live and _other_instance(entry, instance)
         avoided = self._ports_in_range(avoid)
-        if other_live and ready is False:
+        if other_live and ready is False and entry is not None:
             return self._held_answer(entry, avoided)
         blocked_ports = self._blockable(avoided, entry) | set(self.blocked_at(now))
         blocked = {self.pair_of(p) for p in blocked_ports}

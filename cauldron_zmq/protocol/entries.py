@@ -1,13 +1,15 @@
 """What the router's book holds: entries, blocked ports, callers, and the checks
 every field passes before the book takes it.
 
-Pure data and pure functions (no socket, thread or clock): :class:`Book`
-(:mod:`.book`) and the state file's reader (:mod:`.bookfile`) share them.
+Pure data and pure functions (no socket, thread or clock):
+:class:`~cauldron_zmq.protocol.book.Book`, its
+:class:`~cauldron_zmq.protocol.pairs.PairTable` and the state file's reader
+(:mod:`cauldron_zmq.protocol.bookfile`) share them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Protocol, Tuple
 
 from ..errors import CauldronError
 from ..names import InvalidName, check_host, check_name
@@ -24,13 +26,27 @@ DEBUG = 10      # the levels of the standard logging module, as plain numbers
 TRACE = 5       # below DEBUG: every heartbeat (the router's -vvv)
 
 
-class Log:
-    """What the book needs of a logger (a :class:`logging.Logger` has it all); says nothing.
+class Log(Protocol):
+    """What the book needs of a logger (a :class:`logging.Logger` has it all).
 
     The book takes its logger as an argument: importing :mod:`logging` here
     would import :mod:`threading` and :mod:`time` into a package that needs
     neither.
     """
+
+    def isEnabledFor(self, level: int) -> bool: ...  # noqa: N802 - logging.Logger's name
+
+    def log(self, level: int, msg: str, *args: Any) -> None: ...
+
+    def debug(self, msg: str, *args: Any) -> None: ...
+
+    def info(self, msg: str, *args: Any) -> None: ...
+
+    def warning(self, msg: str, *args: Any) -> None: ...
+
+
+class _Quiet:
+    """A :class:`Log` that says nothing."""
 
     def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging.Logger's name
         return False
@@ -49,7 +65,7 @@ class Log:
 
 
 #: The default ``log`` of a book: silent.
-QUIET = Log()
+QUIET: Log = _Quiet()
 
 
 class RouterRefusal(CauldronError):

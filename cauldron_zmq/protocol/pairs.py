@@ -89,7 +89,12 @@ class PairTable:
     def _blockable(self, ports: Set[int], entry: Optional[Entry]) -> Set[int]:
         """The avoided ports that may be blocked: not those of a pair another name holds
         (its dispatcher binds them; nobody else could, and nobody else may move it)."""
-        return {p for p in ports if self._owners.get(self.pair_of(p), entry) is entry}
+        kept = set()
+        for port in ports:
+            pair = self.pair_of(port)
+            if pair is None or self._owners.get(pair, entry) is entry:
+                kept.add(port)
+        return kept
 
     def _first_free(self, blocked: Set[Any]) -> Optional[int]:
         """The lowest pair nobody holds and nobody blocked; the heap is cleaned lazily."""
