@@ -31,16 +31,20 @@ the router was one module.
 from __future__ import annotations
 
 from ..protocol.book import Book
-from ..protocol.bookfile import STATE_FORMAT, STATE_VERSION
-from ..protocol.entries import (BLOCK_RETRY, DOWN, LIVE, NOBODY, STALE, Block, Caller, Entry,
-                                RouterRefusal)
-from .cli import main, setup_logging
-from .client import PARALLEL_COMMANDS, RouterClient, ask_routers, first_good
+from ..protocol.entries import DOWN, LIVE, STALE, Caller, Entry, RouterRefusal
+from .cli import main
+from .client import RouterClient, ask_routers, first_good
 from .launch import Router
-from .logs import NOTICE, PROG, TRACE, VERBOSITY_LEVELS, log
-from .serving import (ADMIN_COMMANDS, REFUSAL_TYPE, RouterBindError, RouterStartError,
-                      bind_address)
+from .serving import RouterBindError, RouterStartError
 from .state import quarantine, read_state, save_state
+
+# Importable from here as when the router was one module, outside __all__.
+from ..protocol.bookfile import STATE_FORMAT, STATE_VERSION  # noqa: F401
+from ..protocol.entries import BLOCK_RETRY, NOBODY, Block  # noqa: F401
+from .cli import setup_logging  # noqa: F401
+from .client import PARALLEL_COMMANDS  # noqa: F401
+from .logs import NOTICE, PROG, TRACE, VERBOSITY_LEVELS, log  # noqa: F401
+from .serving import ADMIN_COMMANDS, REFUSAL_TYPE, bind_address  # noqa: F401
 
 __all__ = [
     "Book",
@@ -61,8 +65,3 @@ __all__ = [
     "STALE",
     "DOWN",
 ]
-
-# Kept importable from here as before the split (not part of __all__).
-_COMPAT = (Block, NOBODY, BLOCK_RETRY, STATE_FORMAT, STATE_VERSION, PARALLEL_COMMANDS,
-           setup_logging, NOTICE, PROG, TRACE, VERBOSITY_LEVELS, log, ADMIN_COMMANDS,
-           REFUSAL_TYPE, bind_address)
