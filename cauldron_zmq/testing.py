@@ -150,13 +150,10 @@ def _section(name: str) -> str:
 # ---------------------------------------------------------------------- harness
 
 def child_env() -> Dict[str, str]:
-    """A subprocess must import this very package, wherever it is installed."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    env.pop("CAULDRON_ZMQ_CONFIG", None)
-    return env
+    """A subprocess must import this very package, wherever it is installed, and get
+    its configuration explicitly (never ``$CAULDRON_ZMQ_CONFIG`` from the shell)."""
+    from . import transport     # imported late: it imports zmq, the plugin need not
+    return transport.child_env(keep_config=False)
 
 
 _child_env = child_env

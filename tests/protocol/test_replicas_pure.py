@@ -16,7 +16,9 @@ from cauldron_zmq.config import DEFAULT, config_from_mapping, split_replica
 from cauldron_zmq.errors import ConfigurationError, RouterError, TimeoutError
 from cauldron_zmq.protocol.replicas import (HEARTBEAT, LOST, MOVED, OK, REGISTER, SILENT, RouterLink,
                                    disagreements, plan, record, should_spawn)
-from cauldron_zmq.router import Book, RouterRefusal, first_good
+from cauldron_zmq.protocol.book import Book
+from cauldron_zmq.protocol.entries import RouterRefusal
+from cauldron_zmq.router import first_good
 
 T0 = 1000.0
 OURS = (7000, 7001)

@@ -9,7 +9,8 @@ import pytest
 
 from cauldron_zmq import protocol
 from cauldron_zmq.protocol.backoff import Schedule
-from cauldron_zmq.router import DOWN, LIVE, Book, Caller, RouterRefusal
+from cauldron_zmq.protocol.book import Book
+from cauldron_zmq.protocol.entries import DOWN, LIVE, Caller, RouterRefusal
 
 T0 = 1_700_000_000.0
 ADMIN = Caller(admin=True)

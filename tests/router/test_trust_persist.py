@@ -12,10 +12,11 @@ from typing import Any, Dict, List
 
 import pytest
 
-from cauldron_zmq import DFW, router as router_module
+from cauldron_zmq import DFW
 from cauldron_zmq.config import load_config
 from cauldron_zmq.dispatcher import Service
 from cauldron_zmq.persist import persist_path
+from cauldron_zmq.router import state as router_state
 from cauldron_zmq.router import Router, RouterClient
 from cauldron_zmq.testing import write_test_config
 
@@ -144,12 +145,12 @@ def test_an_unwritable_state_file_is_not_retried_per_request(tmp_path: Path, cap
     cfg = load_config(write_test_config(tmp_path, overrides={
         "zmq-router": {"state-file": str(blocker / "book.json")}}))
     attempts: List[float] = []
-    real = router_module.save_state
+    real = router_state.save_state
 
     def counted(path: str, data: Dict[str, Any]) -> None:
         attempts.append(time.monotonic())
         real(path, data)
-    monkeypatch.setattr(router_module, "save_state", counted)
+    monkeypatch.setattr(router_state, "save_state", counted)
     with caplog.at_level(logging.ERROR, logger="cauldron_zmq.router"):
         with Router(cfg):
             with RouterClient(cfg, timeout=2000) as client:

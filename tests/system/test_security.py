@@ -26,6 +26,7 @@ from cauldron_zmq.config import DEFAULT, Config, config_from_mapping, load_confi
 from cauldron_zmq.errors import (AuthenticationError, ConfigurationError, DispatcherError,
                                  RouterError, TimeoutError as CzTimeout)
 from cauldron_zmq.router import Router, RouterClient
+from cauldron_zmq.router.serving import admin_refusal
 from cauldron_zmq.security import (HANDSHAKE_EVENTS, ServerSecurity, create_keys, is_z85_key,
                                    loopback)
 from cauldron_zmq.testing import free_port, free_ports, wait_until, write_test_config
@@ -254,16 +255,13 @@ class _Peer:
 
 
 def test_shutdown_without_security_only_from_loopback() -> None:
-    router = Router(DEFAULT)
     for address, allowed in (("127.0.0.1", True), ("127.3.4.5", True), ("::1", True),
                              ("10.203.7.3", False), ("", False)):
-        router._peer = _Peer(**{"Peer-Address": address})
-        refusal = router._shutdown_refusal()
+        refusal = admin_refusal(DEFAULT, None, _Peer(**{"Peer-Address": address}), "shutdown")
         assert (refusal is None) == allowed, (address, refusal)
     assert "only from its own host" in refusal
-    ipc = Router(DEFAULT.replace(router={"protocol": "ipc", "host": "/tmp/czmq-router"}))
-    ipc._peer = _Peer(**{"Peer-Address": ""})
-    assert ipc._shutdown_refusal() is None
+    ipc = DEFAULT.replace(router={"protocol": "ipc", "host": "/tmp/czmq-router"})
+    assert admin_refusal(ipc, None, _Peer(**{"Peer-Address": ""}), "shutdown") is None
     assert loopback("::ffff:127.0.0.1") and not loopback("192.0.2.1")
 
 
