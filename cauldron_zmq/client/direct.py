@@ -38,19 +38,21 @@ if TYPE_CHECKING:
 __all__ = ["DirectRequests"]
 
 SLICE = 0.05          # how often a slow call looks at its dispatcher's liveness
-_POLLIN = int(zmq.POLLIN)
+_RCVTIMEO = int(zmq.RCVTIMEO)
+_NOBLOCK = int(zmq.NOBLOCK)
 
 
 class _Socket:
     """One thread's DEALER to one dispatcher address."""
 
-    __slots__ = ("sock", "address", "lock", "__weakref__")
+    __slots__ = ("sock", "address", "lock", "wait_ms", "__weakref__")
 
     def __init__(self, ctx: zmq.Context, address: str, max_size: int) -> None:
         self.sock = make_socket(ctx, zmq.DEALER, max_size=max_size, reconnect=True)
         self.sock.connect(address)
         self.address = address
         self.lock = threading.Lock()        # held while its thread uses it (see close)
+        self.wait_ms = -1                   # the RCVTIMEO set (set only when it changes)
 
     def close(self) -> None:
         if not self.sock.closed:
@@ -102,7 +104,7 @@ class DirectRequests:
                 return None
             req = protocol.request(command, target, payload, raw=raw)
             try:
-                s.sock.send_multipart(protocol.encode_request(req), zmq.NOBLOCK)
+                s.sock.send_multipart(protocol.encode_request(req), _NOBLOCK)
             except zmq.Again:
                 return None
             try:
@@ -149,9 +151,15 @@ class DirectRequests:
                     f"applied (read the keyword to know)")
             if engine._closed:
                 raise ServiceShutDown(f"service {engine.service!r} was shut down")
-            if not s.sock.poll(int(min(left, SLICE) * 1000) + 1, _POLLIN):
+            wait_ms = int(min(left, SLICE) * 1000) + 1
+            if wait_ms != s.wait_ms:              # a blocking receive, bounded: no Poller
+                s.sock.setsockopt(_RCVTIMEO, wait_ms)
+                s.wait_ms = wait_ms
+            try:
+                frames = s.sock.recv_multipart()
+            except zmq.Again:
                 continue
-            reply = protocol.decode_reply(s.sock.recv_multipart(), engine.max_size)
+            reply = protocol.decode_reply(frames, engine.max_size)
             if reply.id != req.id:
                 continue                      # a late reply to a call that timed out
             if isinstance(reply, protocol.Malformed):

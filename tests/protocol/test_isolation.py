@@ -30,7 +30,8 @@ PROBE = textwrap.dedent("""
             del sys.modules[name]
     sys.meta_path.insert(0, Refuse())
     import cauldron_zmq.protocol as p
-    from cauldron_zmq.protocol import backoff, book, cache, links, replicas, requests, retry, wire
+    from cauldron_zmq.protocol import (backoff, book, bookfile, cache, entries, links, pairs,
+                                       replicas, requests, retry, wire)
     assert p.request("read", "X").command == "read"
     leaked = sorted(n for n in sys.modules if n.split(".")[0] in BLOCKED)
     assert not leaked, leaked
