@@ -12,12 +12,10 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Iterator, List
 
 import pytest
 
-from cauldron_zmq import ktl
 from cauldron_zmq.client import ServiceShutDown
 from cauldron_zmq.client.loop import THREAD_NAME
 from cauldron_zmq.errors import DispatcherSilent, TimeoutError
