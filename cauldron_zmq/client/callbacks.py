@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import List, TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
     from .keyword import Keyword, _State
@@ -26,13 +26,38 @@ class _CallbackRunner:
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._stopped = False
+        self._batch: Optional[List[Any]] = None    # being gathered by _batcher's thread
+        self._batcher: Optional[int] = None
+
+    def begin_batch(self) -> None:
+        """From now on this thread's items are gathered, to be handed over in one go.
+
+        The I/O thread drains a socket of many broadcasts at once: handing
+        their callbacks over as one batch wakes this thread once, not once a
+        message (each wake-up is a GIL hand-over).  Other threads' items
+        (direct replies) still go straight to the queue.
+        """
+        self._batch, self._batcher = [], threading.get_ident()
+
+    def end_batch(self) -> None:
+        """Hand the gathered items over, in the order they came."""
+        batch, self._batch, self._batcher = self._batch, None, None
+        if batch:
+            self._put(batch if len(batch) > 1 else batch[0])
 
     def fire(self, keyword: "Keyword", state: _State) -> None:
         """Run ``keyword``'s callbacks, showing them ``state`` (the value that fired them)."""
-        self._put((keyword, state))
+        self._add((keyword, state))
 
     def call(self, fn: Callable[[], Any]) -> None:
-        self._put(fn)
+        self._add(fn)
+
+    def _add(self, item: Any) -> None:
+        batch = self._batch
+        if batch is not None and self._batcher == threading.get_ident():
+            batch.append(item)
+        else:
+            self._put(item)
 
     def _put(self, item: Any) -> None:
         self._queue.put(item)
@@ -62,10 +87,11 @@ class _CallbackRunner:
             item = self._queue.get()
             if item is self._STOP:
                 return
-            try:
-                if isinstance(item, tuple):
-                    item[0]._run_callbacks(item[1])
-                else:
-                    item()
-            except Exception:  # noqa: BLE001 - the thread must survive anything
-                self._log.exception("callback dispatch failed")
+            for one in item if isinstance(item, list) else (item,):
+                try:
+                    if isinstance(one, tuple):
+                        one[0]._run_callbacks(one[1])
+                    else:
+                        one()
+                except Exception:  # noqa: BLE001 - the thread must survive anything
+                    self._log.exception("callback dispatch failed")

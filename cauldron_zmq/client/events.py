@@ -68,6 +68,13 @@ class _LinkEvents:
 
     # ------------------------------------------------------------ broadcasts
     def _on_sub(self, link: _Link, sock: zmq.Socket) -> None:
+        self.callbacks.begin_batch()       # one hand-over for the whole drain
+        try:
+            self._take_broadcasts(link, sock)
+        finally:
+            self.callbacks.end_batch()
+
+    def _take_broadcasts(self, link: _Link, sock: zmq.Socket) -> None:
         for frames in drain(sock):
             b = protocol.decode_broadcast(frames, self.max_size)
             if isinstance(b, protocol.Malformed):
