@@ -46,6 +46,10 @@ __all__ = [
     "deadline",
 ]
 
+# One API description each, under the name users import them by.
+for _public in (Task, Keyword, Service, UnknownKeyword, ServiceShutDown, deadline):
+    _public.__module__ = __name__
+
 # Internal names other modules of the package use (ktl, tools, tests).
 _INTERNAL = (Engine, _Engine, unknown_keyword_message, _State, _services, shutdown_all,
              _prime, _wait_until)
