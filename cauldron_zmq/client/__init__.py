@@ -26,7 +26,7 @@ Threads (ZeroMQ's rule: a socket is used by one thread only):
 * **user threads** (any number) send a synchronous ``read()``/``write()`` on
   a DEALER of their own (:mod:`.direct`) and wait for its reply themselves;
   everything else they hand to the I/O thread through its mailbox and wait on
-  a :class:`Task` or on a keyword's condition variable, always with a timeout.
+  a :class:`Task` or for a keyword's next change, always with a timeout.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from .task import (
     _seconds_or_none,
     _under_deadline,
 )
-from .waits import _timed_out, _wait_until
+from .waits import _wait_until
 
 if TYPE_CHECKING:
     from .service import Service
@@ -58,8 +58,8 @@ class Keyword(Operators):
         self._writeonly = bool(description.get("writeonly"))
         self._declared_timeout = _seconds_or_none(description.get("timeout"))
         self.progress = description.get("progress") or None   # the keyword showing progress
-        self._cond = threading.Condition()
-        self._cache = KeywordCache(self._name, self._kt.equal)   # guarded by _cond
+        self._lock = threading.RLock()    # the cache, callbacks and listeners; re-entrant
+        self._cache = KeywordCache(self._name, self._kt.equal)   # guarded by _lock
         self._local = threading.local()       # .state: what a running callback sees
         self._callbacks: List[Callable[["Keyword"], Any]] = []
         self._listeners: Set[threading.Event] = set()
@@ -135,7 +135,7 @@ class Keyword(Operators):
 
     @property
     def history(self) -> Deque[HistorySlice]:
-        with self._cond:
+        with self._lock:
             history = self._cache.history
             return collections.deque(history, maxlen=history.maxlen)
 
@@ -200,7 +200,7 @@ class Keyword(Operators):
         return self._text
 
     def _item_broadcasts(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._cache.broadcasts
 
     def _item_enumerators(self) -> Dict[str, str]:
@@ -349,7 +349,7 @@ class Keyword(Operators):
         ``start=False`` stops monitoring (callbacks stay registered).  With
         ``wait=False`` the priming read's Task is returned.
         """
-        with self._cond:
+        with self._lock:
             self._monitored = bool(start)
         if start and prime:
             task = self._read_task(False, False, None, FRESH)   # callbacks get this value
@@ -373,7 +373,7 @@ class Keyword(Operators):
         """
         if not callable(function):
             raise TypeError(f"{self.full_name}: callback {function!r} is not callable")
-        with self._cond:
+        with self._lock:
             if remove:
                 self._callbacks = [f for f in self._callbacks if f != function]
             elif preferred:
@@ -383,7 +383,7 @@ class Keyword(Operators):
 
     def _run_callbacks(self, state: _State) -> None:
         """On the callback thread: each callback sees the value that fired it."""
-        with self._cond:
+        with self._lock:
             callbacks = self._callbacks
         self._local.state = state
         try:
@@ -469,17 +469,10 @@ class Keyword(Operators):
         return True
 
     def _wait_update(self, limit: Optional[float], raise_on_timeout: bool) -> bool:
-        deadline = None if limit is None else time.monotonic() + limit
-        with self._cond:
+        with self._lock:
             start = self._cache.updates
-            while self._cache.updates == start:
-                self._check_open()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return _timed_out([self], f"{self.full_name}: no update", limit,
-                                      raise_on_timeout)
-                self._cond.wait(remaining)
-        return True
+        return _wait_until([self], lambda: self._cache.updates != start, limit,
+                           f"{self.full_name}: no update", raise_on_timeout, fresh=False)
 
     def _wait_compare(self, op: str, value: Any, limit: Optional[float], case: bool,
                       raise_on_timeout: bool) -> bool:
@@ -495,7 +488,7 @@ class Keyword(Operators):
         return Value(state.value, state.ascii, self.cast)
 
     def _watch(self, delta: int) -> None:
-        with self._cond:
+        with self._lock:
             self._watchers += delta
 
     def _tracked(self) -> bool:
@@ -503,11 +496,11 @@ class Keyword(Operators):
         return self._monitored or self._watchers > 0 or self._polled
 
     def _add_listener(self, event: threading.Event) -> None:
-        with self._cond:
+        with self._lock:
             self._listeners.add(event)
 
     def _remove_listener(self, event: threading.Event) -> None:
-        with self._cond:
+        with self._lock:
             self._listeners.discard(event)
 
     # ------------------------------- updates (the I/O thread or a direct reply)
@@ -518,7 +511,7 @@ class Keyword(Operators):
         thread) arrive concurrently: deciding and queueing under one lock
         keeps the callbacks in the order the changes were taken in.
         """
-        with self._cond:
+        with self._lock:
             self._fire(self._ingest(payload, raw, source))
 
     def _fire(self, state: Optional[_State]) -> None:
@@ -537,11 +530,10 @@ class Keyword(Operators):
         if got is None:
             return None                 # no value (yet): stays unpopulated, no history entry
         native = self._decode(got.value, raw)
-        with self._cond:
+        with self._lock:
             state = self._cache.ingest(native, got.ascii, got.time, got.seq, source,
                                        monitored=self._monitored, polled=self._polled,
                                        has_callbacks=bool(self._callbacks), wall=time.time())
-            self._cond.notify_all()
             listeners = list(self._listeners)
         for event in listeners:
             event.set()
@@ -549,13 +541,12 @@ class Keyword(Operators):
 
     def _forget_sequence(self) -> None:
         """The dispatcher restarted: its sequence numbers start again."""
-        with self._cond:
+        with self._lock:
             self._cache.forget_sequence()
 
     def _wake_waiters(self) -> None:
         """The service shut down: threads in wait()/waitFor() raise ServiceShutDown."""
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
             listeners = list(self._listeners)
         for event in listeners:
             event.set()
@@ -567,13 +558,12 @@ class Keyword(Operators):
 
     def _set_connected(self, connected: bool) -> Optional[_State]:
         """Record a liveness change; returns the state if callbacks should fire."""
-        with self._cond:
+        with self._lock:
             before = self._cache.state
             fire = self._cache.set_connected(connected, monitored=self._monitored,
                                              has_callbacks=bool(self._callbacks))
             if self._cache.state is before:
                 return None
-            self._cond.notify_all()
             listeners = list(self._listeners)
         for event in listeners:
             event.set()

@@ -13,22 +13,27 @@ if TYPE_CHECKING:
 
 
 def _wait_until(keywords: List["Keyword"], holds: Callable[[], bool], limit: Optional[float],
-                what: str, raise_on_timeout: bool) -> bool:
+                what: str, raise_on_timeout: bool, fresh: bool = True) -> bool:
     """Block until ``holds()`` is true, re-testing it on every change of ``keywords``.
 
-    The keywords are read first unless monitoring keeps them fresh (a read
-    the dispatcher does not answer raises: that is no timeout), and kept
-    fresh while waiting (re-read after any loss of broadcasts).  ``limit``
-    None waits as long as it takes, as KTL does.  Driven by updates, never
-    by polling.
+    The one loop every wait of the client runs, woken the one way keywords
+    wake waiters (an Event each keyword sets on every change, liveness
+    change and shutdown).  With ``fresh`` the keywords are read first unless
+    monitoring keeps them fresh (a read the dispatcher does not answer
+    raises: that is no timeout), and kept fresh while waiting (re-read after
+    any loss of broadcasts); ``wait()`` for the next update passes False.
+    ``limit`` None waits as long as it takes, as KTL does.  Driven by
+    updates, never by polling.
     """
     deadline = None if limit is None else time.monotonic() + limit
     changed = threading.Event()
     for kw in keywords:
-        kw._watch(+1)
+        if fresh:
+            kw._watch(+1)
         kw._add_listener(changed)
     try:
-        _prime([kw for kw in keywords if not kw._monitored or not kw.populated_value])
+        if fresh:
+            _prime([kw for kw in keywords if not kw._monitored or not kw.populated_value])
         while True:
             changed.clear()
             for kw in keywords:
@@ -42,7 +47,8 @@ def _wait_until(keywords: List["Keyword"], holds: Callable[[], bool], limit: Opt
     finally:
         for kw in keywords:
             kw._remove_listener(changed)
-            kw._watch(-1)
+            if fresh:
+                kw._watch(-1)
 
 
 def _prime(keywords: List["Keyword"]) -> None:
