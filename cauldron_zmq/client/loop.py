@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Set
@@ -142,6 +143,20 @@ def release(loop: IOLoop) -> None:
         loop.mailbox.put_last(loop.stop_now)
     except MailboxClosed:
         pass
+
+
+def _forget_after_fork() -> None:
+    """In a forked child the parent's loop thread does not exist: start afresh.
+
+    (The child must not use Services it inherited; new ones get a new loop.)
+    """
+    global _current, _lock
+    _current = None
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def current_threads() -> List[threading.Thread]:

@@ -9,13 +9,17 @@ checked against deadlines with generous margins, never as benchmarks.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
+import traceback
+import warnings
 from typing import Iterator, List
 
 import pytest
 
+from cauldron_zmq import ktl
 from cauldron_zmq.client import ServiceShutDown
 from cauldron_zmq.client.loop import THREAD_NAME
 from cauldron_zmq.errors import DispatcherSilent, TimeoutError
@@ -158,3 +162,45 @@ def test_shutdown_ends_a_direct_call_in_another_thread(harness: ServiceHarness) 
     finally:
         _resume(harness)
     assert outcome and isinstance(outcome[0], (ServiceShutDown, DispatcherSilent)), outcome
+
+
+def _child_reads(config_path: str, out: int) -> None:
+    """In a forked child: a new Service must work (a loop of its own), then exit."""
+    code = 1
+    try:
+        with ktl.Service("direct", config=config_path) as svc:
+            os.write(out, svc["COUNT"].read().encode())
+            code = 0
+    except BaseException:  # noqa: BLE001 - the parent sees the exit status and this
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def test_a_forked_child_gets_a_loop_of_its_own(harness: ServiceHarness) -> None:
+    with harness.client() as svc:
+        assert svc["COUNT"].read() == "3"          # the parent's loop runs
+        r, w = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)   # fork with threads: 3.12+
+            pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            _child_reads(str(harness.config_path), w)
+        os.close(w)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)       # polling the child's exit with a deadline
+            assert done, "the forked child did not finish"
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert os.read(r, 100) == b"3"
+        finally:
+            os.close(r)
+            if not done:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        assert svc["COUNT"].read() == "3"          # and the parent's still does
