@@ -427,37 +427,54 @@ def role_dispatcher(config_path: str, service: str) -> None:
 
 
 class Tally:
-    """What one subscriber counted in a run: distinct, increasing values of the counted keyword.
+    """What one subscriber was shown in a run: which of the values 1..n, and the last one.
 
-    The counted keyword goes 1, 2, ... n.  A value not above the last one
-    (the client's re-read on connecting, a repeat) is not counted, so
-    ``received`` is what arrived of 1..n and ``last == n`` says the final
-    value did.
+    The counted keyword goes 1, 2, ... n.  ``received`` is how many distinct
+    values of 1..n were shown, in whatever order (a client that re-reads
+    after a suspected loss may show a newer value before older broadcasts
+    still queued; those arrive all the same); ``last`` is the value shown
+    last, which must be n: the final value, delivered and not overwritten.
+    ``shown`` counts every value shown (repeats too), ``behind`` those below
+    one shown before them.
     """
 
-    __slots__ = ("received", "last", "t_first", "t_last")
+    __slots__ = ("n", "seen", "last", "top", "shown", "behind", "t_first", "t_last")
 
-    def __init__(self) -> None:
-        self.received = 0
-        self.last = 0
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen: set = set()
+        self.last: Any = None
+        self.top = 0
+        self.shown = self.behind = 0
         self.t_first = self.t_last = 0.0
 
+    @property
+    def received(self) -> int:
+        return len(self.seen)
+
     def add(self, value: Any, now: float) -> None:
-        if isinstance(value, int) and value > self.last:
-            self.received += 1
-            self.last = value
+        self.last = value
+        self.shown += 1
+        if not isinstance(value, int):
+            return
+        if value < self.top:
+            self.behind += 1
+        else:
+            self.top = value
+        if 0 < value <= self.n and value not in self.seen:
+            self.seen.add(value)
             self.t_last = now
-            if self.received == 1:
+            if len(self.seen) == 1:
                 self.t_first = now
 
-    def finished(self, n: int, now: float, deadline: float, idle: float) -> bool:
-        """All arrived, or nothing came for ``idle`` s, or time is up."""
-        return (self.received >= n or now > deadline
-                or bool(self.received and now - self.t_last > idle))
+    def finished(self, now: float, deadline: float, idle: float) -> bool:
+        """All arrived, or nothing new came for ``idle`` s, or time is up."""
+        return (len(self.seen) >= self.n or now > deadline
+                or bool(self.seen and now - self.t_last > idle))
 
     def result(self) -> Dict[str, Any]:
-        return {"received": self.received, "last": self.last, "t_first": self.t_first,
-                "t_last": self.t_last}
+        return {"received": len(self.seen), "last": self.last, "shown": self.shown,
+                "behind": self.behind, "t_first": self.t_first, "t_last": self.t_last}
 
 
 class RawRun:
@@ -471,7 +488,7 @@ class RawRun:
         self.sub = sub
         self.prime = msg["prime"].encode("latin-1")
         self.topic = msg["topic"].encode("latin-1")
-        self.tally = Tally()
+        self.tally = Tally(int(msg["n"]))
         self.primed = False
         sub.setsockopt(zmq.SUBSCRIBE, self.prime)
         sub.setsockopt(zmq.SUBSCRIBE, self.topic)
@@ -485,8 +502,8 @@ class RawRun:
     def ready(self) -> bool:
         return self.primed
 
-    def finished(self, n: int, now: float, deadline: float, idle: float) -> bool:
-        return self.tally.finished(n, now, deadline, idle)
+    def finished(self, now: float, deadline: float, idle: float) -> bool:
+        return self.tally.finished(now, deadline, idle)
 
     def result(self) -> Dict[str, Any]:
         return self.tally.result()
@@ -509,7 +526,7 @@ class KtlRun:
 
     def __init__(self, msg: Dict[str, Any]) -> None:
         from cauldron_zmq import ktl
-        self.tally = Tally()
+        self.tally = Tally(int(msg["n"]))
         self.lock = threading.Lock()
         self.primes: set = set()
         threshold = int(msg["threshold"])
@@ -543,9 +560,9 @@ class KtlRun:
         with self.lock:
             return len(self.primes) >= 2
 
-    def finished(self, n: int, now: float, deadline: float, idle: float) -> bool:
+    def finished(self, now: float, deadline: float, idle: float) -> bool:
         with self.lock:
-            return self.tally.finished(n, now, deadline, idle)
+            return self.tally.finished(now, deadline, idle)
 
     def result(self) -> Dict[str, Any]:
         with self.lock:
@@ -610,7 +627,7 @@ def role_sub(control: str, publishers: List[str], hwm: int, index: int) -> None:
             if not said_ready and run.ready():
                 said_ready = True
                 ctl.send_json({"op": "ready", "index": index})
-            if run.finished(int(msg["n"]), clock(), deadline, float(msg["idle"])):
+            if run.finished(clock(), deadline, float(msg["idle"])):
                 ctl.send_json(dict(run.result(), op="result", index=index))
                 run.close()
                 run = None
@@ -1291,7 +1308,8 @@ def section_broadcast(env: Env, report: Report, n: int, rounds: int = 1) -> None
         report.figure(f"broadcast.{nsubs}.lost", f"broadcast to {who}: messages lost", "",
                       p["lost"], b["lost"], better="lower", bar=0, bar_on="value",
                       messages=n * nsubs * rounds, project_received=p["received"],
-                      bare_received=b["received"])
+                      bare_received=b["received"], project_shown=p["shown"],
+                      project_shown_behind=p["behind"], bare_shown=b["shown"])
         report.figure(f"broadcast.{nsubs}.final",
                       f"broadcast to {who}: final value missed (subscriber-runs)", "",
                       p["final_missed"], b["final_missed"], better="lower", bar=0,
@@ -1308,6 +1326,7 @@ def _combine(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
             "publish_rate": statistics.median(r["publish_rate"] for r in runs),
             "lost": sum(r["lost"] for r in runs), "received": sum(r["received"] for r in runs),
             "final_missed": sum(r["final_missed"] for r in runs),
+            "shown": sum(r["shown"] for r in runs), "behind": sum(r["behind"] for r in runs),
             "last": [last for r in runs for last in r["last"]]}
 
 
@@ -1378,6 +1397,8 @@ def _broadcast_run(env: Env, kind: str, nsubs: int, n: int) -> Dict[str, Any]:
     window = max(t_last - t0, 1e-6)
     lasts = [r["last"] for r in results.values()]
     return {"received": received, "lost": n * nsubs - received, "last": lasts,
+            "shown": sum(r["shown"] for r in results.values()),
+            "behind": sum(r["behind"] for r in results.values()),
             "final_missed": sum(1 for last in lasts if last != n),
             "rate": received / nsubs / window, "publish_rate": n / max(t_published - t0, 1e-6)}
 
