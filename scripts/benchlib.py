@@ -1330,6 +1330,10 @@ def _combine(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
             "last": [last for r in runs for last in r["last"]]}
 
 
+#: A subscriber ends its run when nothing new came for this long (s): long
+#: enough that a process starved by a loaded machine is not taken for a loss.
+IDLE_S = 3.0
+
 #: Who publishes and who receives in each kind of broadcast run.
 BROADCAST_KINDS = {"bare": (BARE_SERVICE, "raw"), "project": (SERVICE, "ktl"),
                    "dispatcher": (SERVICE, "raw")}
@@ -1355,7 +1359,7 @@ def _broadcast_run(env: Env, kind: str, nsubs: int, n: int) -> Dict[str, Any]:
             "op": "run", "kind": reader, "prime": prime_topic.decode("latin-1"),
             "topic": topic.decode("latin-1"), "service": service, "counter": counter,
             "config": env.config_path, "threshold": run * 100000,
-            "n": n, "idle": 1.0, "timeout": timeout}).encode()])
+            "n": n, "idle": IDLE_S, "timeout": timeout}).encode()])
     disp_raw = env.dispatcher()["raw"]
     echo_raw = env.echo()["raw"]
     ready: set = set()
