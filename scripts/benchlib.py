@@ -1309,7 +1309,8 @@ def section_broadcast(env: Env, report: Report, n: int, rounds: int = 1) -> None
                       p["lost"], b["lost"], better="lower", bar=0, bar_on="value",
                       messages=n * nsubs * rounds, project_received=p["received"],
                       bare_received=b["received"], project_shown=p["shown"],
-                      project_shown_behind=p["behind"], bare_shown=b["shown"])
+                      project_shown_behind=p["behind"], bare_shown=b["shown"],
+                      project_lost_per_round=p["losts"], bare_lost_per_round=b["losts"])
         report.figure(f"broadcast.{nsubs}.final",
                       f"broadcast to {who}: final value missed (subscriber-runs)", "",
                       p["final_missed"], b["final_missed"], better="lower", bar=0,
@@ -1318,13 +1319,29 @@ def section_broadcast(env: Env, report: Report, n: int, rounds: int = 1) -> None
     d, b = _combine(results["dispatcher1"]), _combine(results["bare1"])
     report.diagnostic("broadcast to 1 subscriber: dispatcher -> bare JSON SUB", "msgs/s",
                       d["rate"], b["rate"], "bare")
+    _note_log(report, "the subscribers' ktl clients", env.subscribers()["proc"])
+    _note_log(report, "the bench dispatcher", env.dispatcher()["proc"])
+
+
+def _note_log(report: Report, who: str, proc: subprocess.Popen, keep: int = 3) -> None:
+    """A note quoting what a subprocess logged (warnings of a client that lost messages)."""
+    try:
+        with open(proc.log_path, "rb") as stream:   # type: ignore[attr-defined]
+            lines = [line for line in stream.read().decode("utf-8", "replace").splitlines()
+                     if line.strip() and "bench dispatcher ready" not in line]
+    except OSError:
+        return
+    if lines:
+        report.notes.append(f"{who} logged {len(lines)} line(s), e.g.: "
+                            + " | ".join(line[:200] for line in lines[:keep]))
 
 
 def _combine(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     return {"rate": statistics.median(r["rate"] for r in runs),
             "rates": [r["rate"] for r in runs],
             "publish_rate": statistics.median(r["publish_rate"] for r in runs),
-            "lost": sum(r["lost"] for r in runs), "received": sum(r["received"] for r in runs),
+            "lost": sum(r["lost"] for r in runs), "losts": [r["lost"] for r in runs],
+            "received": sum(r["received"] for r in runs),
             "final_missed": sum(r["final_missed"] for r in runs),
             "shown": sum(r["shown"] for r in runs), "behind": sum(r["behind"] for r in runs),
             "last": [last for r in runs for last in r["last"]]}
