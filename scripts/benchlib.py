@@ -529,10 +529,12 @@ class KtlRun:
         self.tally = Tally(int(msg["n"]))
         self.lock = threading.Lock()
         self.primes: set = set()
+        self.resyncs: List[str] = []          # why the client re-read (a possible loss)
         threshold = int(msg["threshold"])
         clock = time.monotonic
         self.svc = ktl.Service(msg["service"], config=msg["config"])
         try:
+            self.svc.add_loss_listener(lambda why, _restarted: self.resyncs.append(why))
             counter, prime = self.svc[msg["counter"]], self.svc["PRIME"]
 
             def on_count(kw: Any) -> None:
@@ -566,7 +568,7 @@ class KtlRun:
 
     def result(self) -> Dict[str, Any]:
         with self.lock:
-            return self.tally.result()
+            return dict(self.tally.result(), resyncs=list(self.resyncs))
 
     def close(self) -> None:
         self.svc.shutdown()
@@ -1310,7 +1312,12 @@ def section_broadcast(env: Env, report: Report, n: int, rounds: int = 1) -> None
                       messages=n * nsubs * rounds, project_received=p["received"],
                       bare_received=b["received"], project_shown=p["shown"],
                       project_shown_behind=p["behind"], bare_shown=b["shown"],
-                      project_lost_per_round=p["losts"], bare_lost_per_round=b["losts"])
+                      project_lost_per_round=p["losts"], bare_lost_per_round=b["losts"],
+                      project_resyncs=p["resyncs"])
+        if p["resyncs"]:
+            report.notes.append(f"broadcast to {who}: the ktl clients re-synced "
+                                f"{len(p['resyncs'])} time(s) during bursts (their loss "
+                                f"listener), e.g.: " + " | ".join(p["resyncs"][:3]))
         report.figure(f"broadcast.{nsubs}.final",
                       f"broadcast to {who}: final value missed (subscriber-runs)", "",
                       p["final_missed"], b["final_missed"], better="lower", bar=0,
@@ -1344,12 +1351,16 @@ def _combine(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
             "received": sum(r["received"] for r in runs),
             "final_missed": sum(r["final_missed"] for r in runs),
             "shown": sum(r["shown"] for r in runs), "behind": sum(r["behind"] for r in runs),
+            "resyncs": [why for r in runs for why in r.get("resyncs", ())],
             "last": [last for r in runs for last in r["last"]]}
 
 
 #: A subscriber ends its run when nothing new came for this long (s): long
 #: enough that a process starved by a loaded machine is not taken for a loss.
 IDLE_S = 3.0
+
+#: Why a client re-syncs as it joins (before the burst): not a sign of loss.
+EXPECTED_RESYNCS = ("broadcast socket connected", "first heartbeat since connecting")
 
 #: Who publishes and who receives in each kind of broadcast run.
 BROADCAST_KINDS = {"bare": (BARE_SERVICE, "raw"), "project": (SERVICE, "ktl"),
@@ -1419,6 +1430,8 @@ def _broadcast_run(env: Env, kind: str, nsubs: int, n: int) -> Dict[str, Any]:
     lasts = [r["last"] for r in results.values()]
     return {"received": received, "lost": n * nsubs - received, "last": lasts,
             "shown": sum(r["shown"] for r in results.values()),
+            "resyncs": [why for r in results.values() for why in r.get("resyncs", ())
+                        if not why.startswith(EXPECTED_RESYNCS)],
             "behind": sum(r["behind"] for r in results.values()),
             "final_missed": sum(1 for last in lasts if last != n),
             "rate": received / nsubs / window, "publish_rate": n / max(t_published - t0, 1e-6)}
