@@ -15,8 +15,10 @@ Subprocess roles (``scripts/bench --role NAME ...``):
 * ``dispatcher``: a ``DFW.Service`` with the bench's keywords, including
   ``BURST``, whose write hook calls ``set()`` N times on a counter keyword,
   so broadcasts are driven from inside the dispatcher process.
-* ``sub``: one subscriber of the pool (its own process and SUB socket),
+* ``subs``: the pool of subscribers (a process each, forked from one; each
+  with a bare SUB socket, and a ``ktl.Service`` during a project run),
   steered by the bench over a DEALER.
+* ``services``: opens 50 ``ktl.Service`` objects and reports what they added.
 
 For the array measure the echo server sends the request's raw frame back in
 its reply and its broadcast, as the dispatcher sends the array it stored.
@@ -54,8 +56,10 @@ SUBSCRIBERS = 10
 COUNTERS = 64                # counted keywords C0000..C0063: one per broadcast run
 WARMUP = 200
 BLOCK = 100                  # operations per block when interleaving measures
-SECTIONS = ("startup", "memory", "router", "roundtrip", "broadcast", "recovery", "array",
-            "replicas")
+SECTIONS = ("startup", "memory", "router", "roundtrip", "concurrency", "broadcast",
+            "services", "recovery", "array", "replicas")
+SERVICES_OPENED = 50         # ktl.Service objects one process opens (section services)
+CONCURRENT_THREADS = 8       # threads reading at once (section concurrency)
 ARRAY_ELEMENTS = 2 * 1024 * 1024     # doubles: a 16 MiB array
 ARRAY_LIMIT = 17 * 1024 * 1024       # [zmq] max-message-size: the array and room to spare
 
@@ -321,7 +325,7 @@ def role_echo(port: int, pub_port: int, canned_path: str, hwm: int) -> None:
         canned[(row["command"].encode(), row["target"].encode())] = (reply, pub)
         if row.get("echo_raw"):
             echo_raw.add((row["command"].encode(), row["target"].encode()))
-    burst_payload = data["burst_payload"].encode()
+    burst_sample = json.loads(data["burst_payload"])
     default = ([b"ok", b"{}"], None)
     context = zmq.Context()
     sock = context.socket(zmq.ROUTER)
@@ -346,10 +350,7 @@ def role_echo(port: int, pub_port: int, canned_path: str, hwm: int) -> None:
                 if command == b"prime":                      # target: the topic
                     pub.send_multipart([f[4], VERSION, b"{}"])
                 elif command == b"burst":                    # target: topic, payload: count
-                    frames = [f[4], VERSION, burst_payload]
-                    send = pub.send_multipart
-                    for _ in range(int(f[5])):
-                        send(frames)
+                    _bare_burst(pub, f[4], burst_sample, int(f[5]))
             if (f[3], f[4]) in echo_raw:          # the array: its frame goes back out, twice
                 sock.send_multipart([f[0], VERSION, f[2]] + reply + [f[6]])
                 pub.send_multipart(broadcast + [f[6]])
@@ -361,6 +362,38 @@ def role_echo(port: int, pub_port: int, canned_path: str, hwm: int) -> None:
         sock.close(linger=200)
         pub.close(linger=0)
         context.term()
+
+
+def _bare_burst(pub: zmq.Socket, topic: bytes, sample: Dict[str, Any], count: int) -> None:
+    """Bare PUB with JSON: the dispatcher's broadcast payload, values 1..count, encoded per message.
+
+    A dispatcher encodes every broadcast it sends, so the bare publisher does
+    too, with the fields the dispatcher sends and as fast as the stdlib
+    allows: compact, with the C encoder built once (as ``protocol.wire``
+    does; ``JSONEncoder.encode`` builds it on every call, which made this
+    publisher, not the subscriber, the bottleneck of a one-subscriber run).
+    """
+    payload = dict(sample)
+    dumps = _fast_json_encoder()
+    send = pub.send_multipart
+    wall = time.time
+    gseq = int(payload.get("gseq", 0))
+    for i in range(1, count + 1):
+        payload["value"], payload["ascii"], payload["time"] = i, str(i), wall()
+        payload["seq"], payload["gseq"] = i, gseq + i
+        send([topic, VERSION, dumps(payload).encode()])
+
+
+def _fast_json_encoder() -> Callable[[Any], str]:
+    """Compact JSON of plain dicts, by the stdlib's C encoder made once (else JSONEncoder)."""
+    try:
+        from json.encoder import c_make_encoder, encode_basestring
+    except ImportError:                                   # pragma: no cover - CPython has it
+        c_make_encoder = None
+    if c_make_encoder is None:
+        return json.JSONEncoder(separators=(",", ":")).encode
+    encode = c_make_encoder(None, None, encode_basestring, None, ":", ",", False, False, False)
+    return lambda obj: "".join(encode(obj, 0))
 
 
 def role_dispatcher(config_path: str, service: str) -> None:
@@ -393,13 +426,162 @@ def role_dispatcher(config_path: str, service: str) -> None:
                 start=False).serve_forever(ready=ready)
 
 
+class Tally:
+    """What one subscriber was shown in a run: which of the values 1..n, and the last one.
+
+    The counted keyword goes 1, 2, ... n.  ``received`` is how many distinct
+    values of 1..n were shown, in whatever order (a client that re-reads
+    after a suspected loss may show a newer value before older broadcasts
+    still queued; those arrive all the same); ``last`` is the value shown
+    last, which must be n: the final value, delivered and not overwritten.
+    ``shown`` counts every value shown (repeats too), ``behind`` those below
+    one shown before them.
+    """
+
+    __slots__ = ("n", "seen", "last", "top", "shown", "behind", "t_first", "t_last")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen: set = set()
+        self.last: Any = None
+        self.top = 0
+        self.shown = self.behind = 0
+        self.t_first = self.t_last = 0.0
+
+    @property
+    def received(self) -> int:
+        return len(self.seen)
+
+    def add(self, value: Any, now: float) -> None:
+        self.last = value
+        self.shown += 1
+        if not isinstance(value, int):
+            return
+        if value < self.top:
+            self.behind += 1
+        else:
+            self.top = value
+        if 0 < value <= self.n and value not in self.seen:
+            self.seen.add(value)
+            self.t_last = now
+            if len(self.seen) == 1:
+                self.t_first = now
+
+    def finished(self, now: float, deadline: float, idle: float) -> bool:
+        """All arrived, or nothing new came for ``idle`` s, or time is up."""
+        return (len(self.seen) >= self.n or now > deadline
+                or bool(self.seen and now - self.t_last > idle))
+
+    def result(self) -> Dict[str, Any]:
+        return {"received": len(self.seen), "last": self.last, "shown": self.shown,
+                "behind": self.behind, "t_first": self.t_first, "t_last": self.t_last}
+
+
+class RawRun:
+    """A run read by the bare SUB: subscribe to the prime and counted topics, JSON-decode each.
+
+    Decoding each payload and taking its ``value`` is what any client does
+    with a broadcast, so the bare baseline does it too ("bare PUB/SUB with JSON").
+    """
+
+    def __init__(self, msg: Dict[str, Any], sub: zmq.Socket) -> None:
+        self.sub = sub
+        self.prime = msg["prime"].encode("latin-1")
+        self.topic = msg["topic"].encode("latin-1")
+        self.tally = Tally(int(msg["n"]))
+        self.primed = False
+        sub.setsockopt(zmq.SUBSCRIBE, self.prime)
+        sub.setsockopt(zmq.SUBSCRIBE, self.topic)
+
+    def take(self, frames: List[bytes], now: float) -> None:
+        if frames[0] == self.topic:
+            self.tally.add(json.loads(frames[2])["value"], now)
+        elif frames[0] == self.prime:
+            self.primed = True
+
+    def ready(self) -> bool:
+        return self.primed
+
+    def finished(self, now: float, deadline: float, idle: float) -> bool:
+        return self.tally.finished(now, deadline, idle)
+
+    def result(self) -> Dict[str, Any]:
+        return self.tally.result()
+
+    def close(self) -> None:
+        self.sub.setsockopt(zmq.UNSUBSCRIBE, self.prime)
+        self.sub.setsockopt(zmq.UNSUBSCRIBE, self.topic)
+
+
+class KtlRun:
+    """A run read by a ``ktl.Service`` of this process: a callback on the counted keyword.
+
+    The Service is opened for the run and shut down after it, so the
+    subscribers that sit a run out receive nothing (as the bare SUBs, which
+    are subscribed to nothing then).  Ready once the callback on ``PRIME``
+    has seen two values of this run: at least one of them came by broadcast
+    (the client re-reads once when its SUB connects), so the subscription
+    has reached the dispatcher.
+    """
+
+    def __init__(self, msg: Dict[str, Any]) -> None:
+        from cauldron_zmq import ktl
+        self.tally = Tally(int(msg["n"]))
+        self.lock = threading.Lock()
+        self.primes: set = set()
+        self.resyncs: List[str] = []          # why the client re-read (a possible loss)
+        threshold = int(msg["threshold"])
+        clock = time.monotonic
+        self.svc = ktl.Service(msg["service"], config=msg["config"])
+        try:
+            self.svc.add_loss_listener(lambda why, _restarted: self.resyncs.append(why))
+            counter, prime = self.svc[msg["counter"]], self.svc["PRIME"]
+
+            def on_count(kw: Any) -> None:
+                with self.lock:
+                    self.tally.add(kw["binary"], clock())
+
+            def on_prime(kw: Any) -> None:
+                value = kw["binary"]
+                if isinstance(value, int) and value >= threshold:
+                    with self.lock:
+                        self.primes.add(value)
+
+            counter.callback(on_count)
+            counter.monitor(prime=False)
+            prime.callback(on_prime)
+            prime.monitor(prime=False)
+        except BaseException:
+            self.svc.shutdown()
+            raise
+
+    def take(self, frames: List[bytes], now: float) -> None:
+        pass                                  # the bare SUB is not part of this run
+
+    def ready(self) -> bool:
+        with self.lock:
+            return len(self.primes) >= 2
+
+    def finished(self, now: float, deadline: float, idle: float) -> bool:
+        with self.lock:
+            return self.tally.finished(now, deadline, idle)
+
+    def result(self) -> Dict[str, Any]:
+        with self.lock:
+            return dict(self.tally.result(), resyncs=list(self.resyncs))
+
+    def close(self) -> None:
+        self.svc.shutdown()
+
+
 def role_sub(control: str, publishers: List[str], hwm: int, index: int) -> None:
     """One subscriber of the pool.  Idle (subscribed to nothing) until told to run.
 
-    A run: subscribe to the prime and counted topics; say ``ready`` at the
-    first prime message (the subscription has reached the publisher); count
-    counted messages until all arrived, or nothing came for ``idle`` s, or
-    the deadline; report; unsubscribe.
+    A run (``kind`` ``raw``: the bare SUB, JSON-decoding; ``ktl``: a
+    ``ktl.Service`` with a callback): subscribe to the prime and counted
+    topics; say ``ready`` once primed (the subscription has reached the
+    publisher); count the counted keyword's values until all arrived, or
+    nothing came for ``idle`` s, or the deadline; report; unsubscribe.
     """
     context = zmq.Context()
     ctl = context.socket(zmq.DEALER)
@@ -414,63 +596,78 @@ def role_sub(control: str, publishers: List[str], hwm: int, index: int) -> None:
     poller = zmq.Poller()
     poller.register(ctl, zmq.POLLIN)
     poller.register(sub, zmq.POLLIN)
-    ctl.send_json({"op": "hello", "index": index})
-    run: Optional[Dict[str, Any]] = None
-    prime = count_topic = b""
-    received = 0
-    ready = False
-    t_first = t_last = 0.0
+    ctl.send_json({"op": "hello", "index": index, "pid": os.getpid()})
+    run: Any = None
+    msg: Dict[str, Any] = {}
+    said_ready = False
+    deadline = 0.0
     NB = zmq.NOBLOCK
     clock = time.monotonic
-
-    def finish() -> None:
-        nonlocal run
-        ctl.send_json({"op": "result", "index": index, "received": received,
-                       "t_first": t_first, "t_last": t_last})
-        sub.setsockopt(zmq.UNSUBSCRIBE, prime)
-        sub.setsockopt(zmq.UNSUBSCRIBE, count_topic)
-        run = None
-
     try:
         while True:
-            events = dict(poller.poll(50))
+            events = dict(poller.poll(50 if run is None else 5))
             if ctl in events:
                 msg = ctl.recv_json()
                 if msg["op"] == "quit":
                     return
-                run = msg
-                prime, count_topic = msg["prime"].encode("latin-1"), msg["topic"].encode("latin-1")
-                received, ready, t_first, t_last = 0, False, 0.0, 0.0
-                run["deadline"] = clock() + float(msg["timeout"])
-                sub.setsockopt(zmq.SUBSCRIBE, prime)
-                sub.setsockopt(zmq.SUBSCRIBE, count_topic)
+                said_ready, deadline = False, clock() + float(msg["timeout"])
+                try:
+                    run = RawRun(msg, sub) if msg["kind"] == "raw" else KtlRun(msg)
+                except Exception as exc:  # noqa: BLE001 - the bench says why and stops
+                    ctl.send_json({"op": "error", "index": index, "message": repr(exc)})
+                    run = None
             if sub in events:
                 while True:
                     try:
                         frames = sub.recv_multipart(NB)
                     except zmq.Again:
                         break
-                    if run is None:
-                        continue
-                    topic = frames[0]
-                    if topic == count_topic:
-                        received += 1
-                        t_last = clock()
-                        if received == 1:
-                            t_first = t_last
-                        if received >= run["n"]:
-                            finish()
-                    elif topic == prime and not ready:
-                        ready = True
-                        ctl.send_json({"op": "ready", "index": index})
-            if run is not None:
-                now = clock()
-                if now > run["deadline"] or (received and now - t_last > run["idle"]):
-                    finish()
+                    if run is not None:
+                        run.take(frames, clock())
+            if run is None:
+                continue
+            if not said_ready and run.ready():
+                said_ready = True
+                ctl.send_json({"op": "ready", "index": index})
+            if run.finished(clock(), deadline, float(msg["idle"])):
+                ctl.send_json(dict(run.result(), op="result", index=index))
+                run.close()
+                run = None
     finally:
+        if run is not None:
+            run.close()
         ctl.close()
         sub.close()
         context.term()
+
+
+def role_subs(control: str, publishers: List[str], hwm: int, count: int) -> None:
+    """The pool of ``count`` subscribers: this process and ``count - 1`` forks of it.
+
+    ``cauldron_zmq.ktl`` is imported once, before forking (no thread and no
+    ZeroMQ context exists yet, so the forks are clean), instead of once per
+    subscriber: on two CPUs ten imports take longer than the quick run can
+    spare.  All of them share this process's group, which the bench signals.
+    """
+    from cauldron_zmq import ktl  # noqa: F401 - imported here, shared by the forks
+    children = []
+    for index in range(1, count):
+        pid = os.fork()
+        if pid == 0:                              # a subscriber: never back into the parent's code
+            status = 1
+            try:
+                role_sub(control, publishers, hwm, index)
+                status = 0
+            except KeyboardInterrupt:
+                status = 0
+            finally:
+                os._exit(status)
+        children.append(pid)
+    try:
+        role_sub(control, publishers, hwm, 0)
+    finally:
+        for pid in children:
+            os.waitpid(pid, 0)
 
 
 def run_role(argv: List[str]) -> None:
@@ -481,8 +678,10 @@ def run_role(argv: List[str]) -> None:
             role_echo(int(args[0]), int(args[1]), args[2], int(args[3]))
         elif role == "dispatcher":
             role_dispatcher(args[0], args[1])
-        elif role == "sub":
-            role_sub(args[0], json.loads(args[1]), int(args[2]), int(args[3]))
+        elif role == "subs":
+            role_subs(args[0], json.loads(args[1]), int(args[2]), int(args[3]))
+        elif role == "services":
+            role_services(args[0], args[1], int(args[2]))
         else:
             raise SystemExit(f"unknown role {role!r}")
     except KeyboardInterrupt:
@@ -657,24 +856,24 @@ class Env:
             ctl.setsockopt(zmq.LINGER, 0)
             port = ctl.bind_to_random_port("tcp://127.0.0.1")
             publishers = json.dumps([disp["address"]["broadcast"], echo["broadcast"]])
-            procs = [self.procs.spawn(f"sub{i}", [sys.executable, BENCH, "--role", "sub",
-                                                  f"tcp://127.0.0.1:{port}", publishers,
-                                                  str(self.hwm), str(i)])
-                     for i in range(SUBSCRIBERS)]
+            proc = self.procs.spawn("subs", [sys.executable, BENCH, "--role", "subs",
+                                             f"tcp://127.0.0.1:{port}", publishers,
+                                             str(self.hwm), str(SUBSCRIBERS)])
             hello = set()
             deadline = time.monotonic() + 60
             while len(hello) < SUBSCRIBERS:
                 if ctl.poll(100):
                     ident, body = ctl.recv_multipart()
-                    if json.loads(body)["op"] == "hello":
+                    msg = json.loads(body)
+                    if msg["op"] == "hello" and ident not in hello:
                         hello.add(ident)
-                for proc in procs:
-                    if proc.poll() is not None:
-                        raise BenchError(f"subscriber exited:\n{Processes.tail(proc)}")
+                        self.procs.started.append(msg["pid"])    # a fork: in the report too
+                if proc.poll() is not None:
+                    raise BenchError(f"the subscribers exited:\n{Processes.tail(proc)}")
                 if time.monotonic() > deadline:
                     raise BenchError(f"only {len(hello)} of {SUBSCRIBERS} subscribers started")
             self._subs = {"ctl": ctl, "ids": [f"sub{i}".encode() for i in range(SUBSCRIBERS)],
-                          "procs": procs, "runs": 0}
+                          "proc": proc, "runs": 0}
         return self._subs
 
 
@@ -952,6 +1151,10 @@ def _register_with_state_file(env: Env, report: Report, count: int,
                       "without")
 
 
+#: Issue 12's targets, as ratios to the bare echo of the same frames in the same run.
+ROUNDTRIP_BARS = {"median": 1.3, "p99": 1.5}
+
+
 def section_roundtrip(env: Env, report: Report, count: int) -> None:
     """Read and write round trips: ktl -> dispatcher vs raw DEALER -> bare echo (same frame sizes)."""
     from cauldron_zmq import ktl
@@ -992,7 +1195,8 @@ def section_roundtrip(env: Env, report: Report, count: int) -> None:
         p, b = latency(lat[f"ktl {key}"]), latency(lat[f"bare {key}"])
         for stat in ("median", "p99"):
             report.figure(f"{key}.{stat}", f"{label} round trip, {stat}", "us",
-                          p[f"{stat}_us"], b[f"{stat}_us"], bar=1.5, count=count)
+                          p[f"{stat}_us"], b[f"{stat}_us"], bar=ROUNDTRIP_BARS[stat],
+                          count=count)
     _roundtrip_diagnostics(env, report, max(200, count // 2))
 
 
@@ -1080,10 +1284,13 @@ def _alternate(raw: RawDealer, requests: List[List[bytes]], sub: zmq.Socket) -> 
 
 
 def section_broadcast(env: Env, report: Report, n: int, rounds: int = 1) -> None:
-    """Throughput to 1 and 10 subscribers: dispatcher set() in a hook vs a bare PUB loop.
+    """Throughput to 1 and 10 subscribers: dispatcher set() in a hook to ``ktl`` callbacks
+    vs a bare PUB loop to bare SUBs, both with JSON.
 
     ``rounds`` alternating bare/project runs of each; rates are their medians,
-    losses their totals.
+    losses and missed final values their totals.  A diagnostic run per round
+    has the dispatcher publish to bare SUBs (one subscriber): the
+    dispatcher's share apart from the client's.
     """
     results: Dict[str, List[Dict[str, Any]]] = {}
     for _ in range(rounds):
@@ -1091,27 +1298,78 @@ def section_broadcast(env: Env, report: Report, n: int, rounds: int = 1) -> None
             for kind in ("bare", "project"):
                 results.setdefault(f"{kind}{nsubs}", []).append(
                     _broadcast_run(env, kind, nsubs, n))
-    for nsubs in (1, SUBSCRIBERS):
+        results.setdefault("dispatcher1", []).append(_broadcast_run(env, "dispatcher", 1, n))
+    for nsubs, bar in ((1, 0.6), (SUBSCRIBERS, 0.8)):
         p, b = _combine(results[f"project{nsubs}"]), _combine(results[f"bare{nsubs}"])
         who = "1 subscriber" if nsubs == 1 else f"{nsubs} subscribers"
-        report.figure(f"broadcast.{nsubs}.rate", f"broadcast to {who}: msgs/s per subscriber",
-                      "msgs/s", p["rate"], b["rate"], better="higher", bar=0.5, messages=n,
+        report.figure(f"broadcast.{nsubs}.rate",
+                      f"broadcast to {who}: msgs/s per subscriber", "msgs/s",
+                      p["rate"], b["rate"], better="higher", bar=bar, messages=n,
                       rounds=rounds, project_rates=p["rates"], bare_rates=b["rates"],
                       project_publish_rate=p["publish_rate"], bare_publish_rate=b["publish_rate"])
         report.figure(f"broadcast.{nsubs}.lost", f"broadcast to {who}: messages lost", "",
                       p["lost"], b["lost"], better="lower", bar=0, bar_on="value",
                       messages=n * nsubs * rounds, project_received=p["received"],
-                      bare_received=b["received"])
+                      bare_received=b["received"], project_shown=p["shown"],
+                      project_shown_behind=p["behind"], bare_shown=b["shown"],
+                      project_lost_per_round=p["losts"], bare_lost_per_round=b["losts"],
+                      project_resyncs=p["resyncs"])
+        if p["resyncs"]:
+            report.notes.append(f"broadcast to {who}: the ktl clients re-synced "
+                                f"{len(p['resyncs'])} time(s) during bursts (their loss "
+                                f"listener), e.g.: " + " | ".join(p["resyncs"][:3]))
+        report.figure(f"broadcast.{nsubs}.final",
+                      f"broadcast to {who}: final value missed (subscriber-runs)", "",
+                      p["final_missed"], b["final_missed"], better="lower", bar=0,
+                      bar_on="value", runs=nsubs * rounds, project_last=p["last"],
+                      bare_last=b["last"], final_value=n)
+    d, b = _combine(results["dispatcher1"]), _combine(results["bare1"])
+    report.diagnostic("broadcast to 1 subscriber: dispatcher -> bare JSON SUB", "msgs/s",
+                      d["rate"], b["rate"], "bare")
+    _note_log(report, "the subscribers' ktl clients", env.subscribers()["proc"])
+    _note_log(report, "the bench dispatcher", env.dispatcher()["proc"])
+
+
+def _note_log(report: Report, who: str, proc: subprocess.Popen, keep: int = 3) -> None:
+    """A note quoting what a subprocess logged (warnings of a client that lost messages)."""
+    try:
+        with open(proc.log_path, "rb") as stream:   # type: ignore[attr-defined]
+            lines = [line for line in stream.read().decode("utf-8", "replace").splitlines()
+                     if line.strip() and "bench dispatcher ready" not in line]
+    except OSError:
+        return
+    if lines:
+        report.notes.append(f"{who} logged {len(lines)} line(s), e.g.: "
+                            + " | ".join(line[:200] for line in lines[:keep]))
 
 
 def _combine(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     return {"rate": statistics.median(r["rate"] for r in runs),
             "rates": [r["rate"] for r in runs],
             "publish_rate": statistics.median(r["publish_rate"] for r in runs),
-            "lost": sum(r["lost"] for r in runs), "received": sum(r["received"] for r in runs)}
+            "lost": sum(r["lost"] for r in runs), "losts": [r["lost"] for r in runs],
+            "received": sum(r["received"] for r in runs),
+            "final_missed": sum(r["final_missed"] for r in runs),
+            "shown": sum(r["shown"] for r in runs), "behind": sum(r["behind"] for r in runs),
+            "resyncs": [why for r in runs for why in r.get("resyncs", ())],
+            "last": [last for r in runs for last in r["last"]]}
+
+
+#: A subscriber ends its run when nothing new came for this long (s): long
+#: enough that a process starved by a loaded machine is not taken for a loss.
+IDLE_S = 3.0
+
+#: Why a client re-syncs as it joins (before the burst): not a sign of loss.
+EXPECTED_RESYNCS = ("broadcast socket connected", "first heartbeat since connecting")
+
+#: Who publishes and who receives in each kind of broadcast run.
+BROADCAST_KINDS = {"bare": (BARE_SERVICE, "raw"), "project": (SERVICE, "ktl"),
+                   "dispatcher": (SERVICE, "raw")}
 
 
 def _broadcast_run(env: Env, kind: str, nsubs: int, n: int) -> Dict[str, Any]:
+    """One burst of ``n`` messages to ``nsubs`` subscribers (see BROADCAST_KINDS)."""
+    from cauldron_zmq import protocol
     subs = env.subscribers()
     ctl: zmq.Socket = subs["ctl"]
     run = subs["runs"]
@@ -1119,37 +1377,38 @@ def _broadcast_run(env: Env, kind: str, nsubs: int, n: int) -> Dict[str, Any]:
     if run >= COUNTERS:
         raise BenchError("out of counter keywords")
     counter = f"C{run:04d}"
-    service = SERVICE if kind == "project" else BARE_SERVICE
-    from cauldron_zmq import protocol
+    service, reader = BROADCAST_KINDS[kind]
     topic = protocol.topic(service, counter)
     prime_topic = protocol.topic(service, "PRIME")
     ids = subs["ids"][:nsubs]
     timeout = 30 + n / 2000.0
     for ident in ids:
         ctl.send_multipart([ident, json.dumps({
-            "op": "run", "prime": prime_topic.decode("latin-1"), "topic": topic.decode("latin-1"),
-            "n": n, "idle": 1.0, "timeout": timeout}).encode()])
+            "op": "run", "kind": reader, "prime": prime_topic.decode("latin-1"),
+            "topic": topic.decode("latin-1"), "service": service, "counter": counter,
+            "config": env.config_path, "threshold": run * 100000,
+            "n": n, "idle": IDLE_S, "timeout": timeout}).encode()])
     disp_raw = env.dispatcher()["raw"]
     echo_raw = env.echo()["raw"]
     ready: set = set()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     k = 0
     while len(ready) < nsubs:              # slow joiners: publish PRIME until everyone has one
         k += 1
-        if kind == "project":
+        if service == SERVICE:
             disp_raw.round_trip(request("write", "PRIME", {"value": run * 100000 + k}))
         else:
             echo_raw.round_trip(request("prime", prime_topic.decode("latin-1")))
         until = time.monotonic() + 0.02
         while time.monotonic() < until:
             if ctl.poll(5):
-                ident, body = ctl.recv_multipart()
-                if json.loads(body)["op"] == "ready":
+                ident, msg = _sub_message(ctl)
+                if msg["op"] == "ready":
                     ready.add(ident)
         if time.monotonic() > deadline:
             raise BenchError(f"{kind}: only {len(ready)} of {nsubs} subscribers joined")
     t0 = time.monotonic()
-    if kind == "project":
+    if service == SERVICE:
         disp_raw.final(request("write", "BURST", {"value": f"{counter} {n}"}),
                        timeout_ms=int(timeout * 1000))
     else:
@@ -1160,8 +1419,7 @@ def _broadcast_run(env: Env, kind: str, nsubs: int, n: int) -> Dict[str, Any]:
     deadline = time.monotonic() + timeout + 5
     while len(results) < nsubs:
         if ctl.poll(100):
-            ident, body = ctl.recv_multipart()
-            msg = json.loads(body)
+            ident, msg = _sub_message(ctl)
             if msg["op"] == "result":
                 results[ident] = msg
         if time.monotonic() > deadline:
@@ -1169,8 +1427,165 @@ def _broadcast_run(env: Env, kind: str, nsubs: int, n: int) -> Dict[str, Any]:
     received = sum(r["received"] for r in results.values())
     t_last = max(r["t_last"] for r in results.values())
     window = max(t_last - t0, 1e-6)
-    return {"received": received, "lost": n * nsubs - received,
+    lasts = [r["last"] for r in results.values()]
+    return {"received": received, "lost": n * nsubs - received, "last": lasts,
+            "shown": sum(r["shown"] for r in results.values()),
+            "resyncs": [why for r in results.values() for why in r.get("resyncs", ())
+                        if not why.startswith(EXPECTED_RESYNCS)],
+            "behind": sum(r["behind"] for r in results.values()),
+            "final_missed": sum(1 for last in lasts if last != n),
             "rate": received / nsubs / window, "publish_rate": n / max(t_published - t0, 1e-6)}
+
+
+def _sub_message(ctl: zmq.Socket) -> Tuple[bytes, Dict[str, Any]]:
+    """A subscriber's message to the bench; BenchError if it is a subscriber's error."""
+    ident, body = ctl.recv_multipart()
+    msg = json.loads(body)
+    if msg["op"] == "error":
+        raise BenchError(f"subscriber {msg['index']}: {msg['message']}")
+    return ident, msg
+
+
+def section_services(env: Env, report: Report, count: int = SERVICES_OPENED) -> None:
+    """What a process pays for ``count`` ``ktl.Service`` objects: threads, contexts, fds, time.
+
+    A subprocess (``--role services``) of its own, so nothing the bench
+    process holds is counted, opens ``count`` Services on the bench
+    dispatcher's service (the same name each time) and reports what was
+    added; issue 12 wants one I/O thread and one ZeroMQ context for them all.
+    """
+    env.dispatcher()
+    proc = env.procs.spawn("services", [sys.executable, BENCH, "--role", "services",
+                                        env.config_path, SERVICE, str(count)])
+    try:
+        match = env.procs.wait_for_log(proc, r"services result (\{.*\})", 120)
+    finally:
+        env.procs.stop(proc)
+    r = json.loads(match.group(1))
+    added, after = r["added"], r["after_shutdown"]
+    extra = {"services": count, "os_threads_added": added["os_threads"],
+             "after_one_read_each": r["after_read"], "left_after_shutdown": after,
+             "shutdown_ms": r["shutdown_ms"]}
+    what = f"{count} ktl.Service objects"
+    report.figure("services.threads", f"{what}: Python threads added", "", added["threads"],
+                  None, bar=2, bar_on="value", **extra)
+    report.figure("services.contexts", f"{what}: ZeroMQ contexts added", "",
+                  added["contexts"], None, bar=1, bar_on="value", services=count)
+    report.figure("services.fds", f"{what}: file descriptors added", "", added["fds"], None,
+                  services=count)
+    report.figure("services.open", f"{what}: time to open them all", "ms", r["open_ms"], None,
+                  services=count)
+
+
+def role_services(config_path: str, service: str, count: int) -> None:
+    """Open ``count`` Services, say what they added (and what one read each, and shutdown, leave)."""
+    from cauldron_zmq import ktl
+    base = _process_resources()
+    t0 = time.perf_counter()
+    services = [ktl.Service(service, config=config_path) for _ in range(count)]
+    open_ms = (time.perf_counter() - t0) * 1000
+    opened = _process_resources()
+    for svc in services:
+        svc["READV"].read()
+    read = _process_resources()
+    t0 = time.perf_counter()
+    for svc in services:
+        svc.shutdown()
+    shutdown_ms = (time.perf_counter() - t0) * 1000
+    closed = _process_resources()           # (the Services still referenced: shut down only)
+    result = {"open_ms": open_ms, "shutdown_ms": shutdown_ms,
+              "added": _resources_added(base, opened),
+              "after_read": _resources_added(base, read),
+              "after_shutdown": _resources_added(base, closed)}
+    print("services result " + json.dumps(result), flush=True)
+
+
+def _process_resources() -> Dict[str, Any]:
+    """This process's Python threads, live ZeroMQ contexts (by id), fds and OS threads."""
+    import gc
+    gc.collect()
+    contexts = {id(o) for o in gc.get_objects() if isinstance(o, zmq.Context) and not o.closed}
+    return {"threads": threading.active_count(), "contexts": contexts,
+            "fds": len(os.listdir("/proc/self/fd")),
+            "os_threads": len(os.listdir("/proc/self/task"))}
+
+
+def _resources_added(base: Dict[str, Any], now: Dict[str, Any]) -> Dict[str, int]:
+    added = {key: now[key] - base[key] for key in ("threads", "fds", "os_threads")}
+    added["contexts"] = len(now["contexts"] - base["contexts"])
+    return added
+
+
+def section_concurrency(env: Env, report: Report, seconds: float,
+                        threads: int = CONCURRENT_THREADS) -> None:
+    """``threads`` threads reading one keyword synchronously through one ``ktl.Service``
+    vs as many threads each with its own raw DEALER to the bare echo: total reads/s."""
+    from cauldron_zmq import ktl
+    echo = env.echo()
+    read = request("read", "READV", rid="bench-read")
+    svc = ktl.Service(SERVICE, config=env.config)
+    try:
+        kw = svc["READV"]
+        project = _threaded_rate(threads, seconds,
+                                 lambda: (lambda: kw.read(binary=True), lambda: None))
+    finally:
+        svc.shutdown()
+
+    def bare_op() -> Tuple[Callable[[], Any], Callable[[], None]]:
+        raw = RawDealer(env.context, echo["address"], env.hwm)   # made in, used by, its thread
+        return (lambda: raw.round_trip(read)), raw.close
+
+    bare = _threaded_rate(threads, seconds, bare_op)
+    report.figure("concurrency.reads", f"{threads} threads reading one keyword: reads/s in all",
+                  "ops/s", project["rate"], bare["rate"], better="higher", threads=threads,
+                  seconds=seconds, project_per_thread=project["counts"],
+                  bare_per_thread=bare["counts"])
+
+
+def _threaded_rate(threads: int, seconds: float,
+                   make: Callable[[], Tuple[Callable[[], Any], Callable[[], None]]]
+                   ) -> Dict[str, Any]:
+    """Operations per second of ``threads`` threads each running its own op for ``seconds``.
+
+    ``make()`` runs in each thread and returns (op, close); the threads warm
+    up, start together at a barrier and stop at the same deadline.
+    """
+    counts = [0] * threads
+    errors: List[BaseException] = []
+    window = {"end": 0.0}
+    barrier = threading.Barrier(threads, action=lambda: window.update(
+        end=time.monotonic() + seconds))
+
+    def worker(i: int) -> None:
+        close: Callable[[], None] = lambda: None   # noqa: E731
+        try:
+            op, close = make()
+            for _ in range(20):
+                op()
+            barrier.wait(60)
+            n, end, clock = 0, window["end"], time.monotonic
+            while clock() < end:
+                op()
+                n += 1
+            counts[i] = n
+        except threading.BrokenBarrierError:
+            pass                                       # another thread failed: it says why
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+            barrier.abort()
+        finally:
+            close()
+
+    pool = [threading.Thread(target=worker, args=(i,), name=f"bench-{i}", daemon=True)
+            for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(seconds + 120)
+    if errors or any(t.is_alive() for t in pool):
+        raise BenchError(f"a reading thread failed: {errors[0]!r}" if errors
+                         else "a reading thread never finished")
+    return {"rate": sum(counts) / seconds, "counts": counts}
 
 
 def section_recovery(env: Env, report: Report, repeats: int) -> None:
@@ -1274,6 +1689,8 @@ def section_array(env: Env, report: Report, count: int) -> None:
                     raw.final(frames[i % 2])
                     if bare_sub.poll(10000):
                         bare_sub.recv_multipart()
+                    elif i:                 # (the warm-up's may precede the subscription)
+                        raise BenchError("the array's bare broadcast never arrived")
                 if i:
                     times[kind].append(time.perf_counter() - t0)
     finally:
@@ -1281,8 +1698,8 @@ def section_array(env: Env, report: Report, count: int) -> None:
         bare_sub.close(0)
     rate = {kind: len(t) * nbytes / 1e6 / sum(t) for kind, t in times.items()}
     report.figure("array.write", "16 MiB double array write (+ reply, broadcast): MB/s",
-                  "MB/s", rate["project"], rate["bare"], better="higher", count=count,
-                  array_bytes=nbytes,
+                  "MB/s", rate["project"], rate["bare"], better="higher", bar=0.8,
+                  count=count, array_bytes=nbytes,
                   median_ms=statistics.median(times["project"]) * 1000,
                   bare_median_ms=statistics.median(times["bare"]) * 1000)
 

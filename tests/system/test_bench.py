@@ -3,8 +3,9 @@
 No timing is asserted: figures depend on the machine and its load.  This only
 checks that ``scripts/bench --quick --json`` finishes, and that its JSON holds
 every figure with a finite value and, where a bare baseline exists, a finite
-ratio -- so a change that breaks a measure (or the project path it measures)
-is noticed before the next full run.
+ratio, and that the figures issue 12 sets targets for carry them as bars --
+so a change that breaks a measure (or the project path it measures) is
+noticed before the next full run.
 """
 from __future__ import annotations
 
@@ -25,12 +26,22 @@ FIGURES = {
     "startup", "memory.router", "memory.dispatcher",
     "router.lookups", "router.register.median", "router.register.p99",
     "read.median", "read.p99", "wsame.median", "wsame.p99", "wchg.median", "wchg.p99",
-    "broadcast.1.rate", "broadcast.1.lost", "broadcast.10.rate", "broadcast.10.lost",
+    "concurrency.reads",
+    "broadcast.1.rate", "broadcast.1.lost", "broadcast.1.final",
+    "broadcast.10.rate", "broadcast.10.lost", "broadcast.10.final",
+    "services.threads", "services.contexts", "services.fds", "services.open",
     "recovery", "array.write", "replicas.first_read",
 }
 #: Figures without a bare baseline, or whose ratio is undefined when the bare figure is 0.
-NO_RATIO = {"recovery"}
-MAYBE_NO_RATIO = {"broadcast.1.lost", "broadcast.10.lost"}
+NO_RATIO = {"recovery", "services.threads", "services.contexts", "services.fds",
+            "services.open"}
+MAYBE_NO_RATIO = {"broadcast.1.lost", "broadcast.10.lost", "broadcast.1.final",
+                  "broadcast.10.final"}
+#: Figures with a bar (issue 12's targets), and the bar each must carry.
+BARS = {"read.median": 1.3, "wchg.median": 1.3, "read.p99": 1.5, "wchg.p99": 1.5,
+        "broadcast.1.rate": 0.6, "broadcast.10.rate": 0.8, "broadcast.1.lost": 0,
+        "broadcast.10.lost": 0, "broadcast.1.final": 0, "broadcast.10.final": 0,
+        "services.threads": 2, "services.contexts": 1, "array.write": 0.8}
 
 
 def finite(value: object) -> bool:
@@ -61,6 +72,11 @@ def test_quick_bench_reports_every_figure() -> None:
             assert f["ratio"] is None, fid
         else:
             assert finite(f["ratio"]) and f["ratio"] >= 0, (fid, f["ratio"])
+    for fid, bar in BARS.items():
+        assert figures[fid]["bar"] == bar, (fid, figures[fid]["bar"])
+        assert isinstance(figures[fid]["meets_bar"], bool), fid
+    # the 50 Services really were opened: their sockets hold descriptors
+    assert figures["services.fds"]["project"] > 0, figures["services.fds"]
     for d in report["diagnostics"]:
         assert finite(d["value"]) and finite(d["ratio"]), d
     assert "Traceback" not in stderr, stderr[-3000:]
