@@ -201,9 +201,18 @@ class Monitored:
             sock.close(linger=linger)
 
 
-def drain(sock: zmq.Socket, copy: bool = True) -> Iterator[List[Any]]:
-    """Every multipart message ``sock`` holds now; stops when it is empty or closed."""
+def drain(sock: zmq.Socket, copy: bool = True, limit: Optional[int] = None) -> Iterator[List[Any]]:
+    """The multipart messages ``sock`` holds now; stops when it is empty or closed.
+
+    ``limit`` bounds one call: a flood on one socket must not keep its loop
+    from its mailbox, its timers and its other sockets (the poller reports
+    the socket readable again at once; nothing is lost).
+    """
+    n = 0
     while not sock.closed and sock.getsockopt(_EVENTS) & _POLLIN:
+        if limit is not None and n >= limit:
+            return
+        n += 1
         try:
             yield sock.recv_multipart(_NOBLOCK, copy=copy)
         except zmq.Again:

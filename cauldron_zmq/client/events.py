@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from .keyword import Keyword
 
 
+#: Broadcasts taken from a SUB at a time: a flood leaves room for timers and replies.
+_DRAIN_LIMIT = 500
+
+
 class _Link(LinkState):
     """One dispatcher of the service: its state (:class:`LinkState`) and its two sockets."""
 
@@ -75,7 +79,7 @@ class _LinkEvents:
             self.callbacks.end_batch()
 
     def _take_broadcasts(self, link: _Link, sock: zmq.Socket) -> None:
-        for frames in drain(sock):
+        for frames in drain(sock, limit=_DRAIN_LIMIT):
             b = protocol.decode_broadcast(frames, self.max_size)
             if isinstance(b, protocol.Malformed):
                 self.log.warning("malformed broadcast from %s: %s", link.describe(), b.message)

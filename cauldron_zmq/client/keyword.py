@@ -382,9 +382,12 @@ class Keyword(Operators):
                 self._callbacks = self._callbacks + [function]
 
     def _run_callbacks(self, state: _State) -> None:
-        """On the callback thread: each callback sees the value that fired it."""
-        with self._lock:
-            callbacks = self._callbacks
+        """On the callback thread: each callback sees the value that fired it.
+
+        ``_callbacks`` is replaced whole on every change, never mutated, so
+        it is read without the lock (which the I/O thread takes per update).
+        """
+        callbacks = self._callbacks
         self._local.state = state
         try:
             for fn in callbacks:
@@ -511,8 +514,7 @@ class Keyword(Operators):
         thread) arrive concurrently: deciding and queueing under one lock
         keeps the callbacks in the order the changes were taken in.
         """
-        with self._lock:
-            self._fire(self._ingest(payload, raw, source))
+        self._ingest(payload, raw, source, fire=True)
 
     def _fire(self, state: Optional[_State]) -> None:
         """Queue the callbacks for ``state`` (None: nothing to fire)."""
@@ -520,21 +522,28 @@ class Keyword(Operators):
         if state is not None and engine is not None:
             engine.callbacks.fire(self, state)
 
-    def _ingest(self, payload: Any, raw: Optional[bytes], source: str) -> Optional[_State]:
+    def _ingest(self, payload: Any, raw: Optional[bytes], source: str,
+                fire: bool = False) -> Optional[_State]:
         """Store a VALUE (unless older than the cache); the state to fire callbacks with.
 
         What is stored and what fires is :meth:`.protocol.cache.KeywordCache.ingest`'s
-        decision; here the value is decoded, and waiters and listeners woken.
+        decision; here the value is decoded (outside the lock: a flood of
+        broadcasts must not hold it, or the callback thread starves), and
+        waiters and listeners woken.  ``fire`` queues the callbacks too,
+        under the same lock (see :meth:`_take`).
         """
         got = _value_fields(payload, raw)
         if got is None:
             return None                 # no value (yet): stays unpopulated, no history entry
         native = self._decode(got.value, raw)
+        wall = time.time()
         with self._lock:
             state = self._cache.ingest(native, got.ascii, got.time, got.seq, source,
                                        monitored=self._monitored, polled=self._polled,
-                                       has_callbacks=bool(self._callbacks), wall=time.time())
-            listeners = list(self._listeners)
+                                       has_callbacks=bool(self._callbacks), wall=wall)
+            if fire:
+                self._fire(state)
+            listeners = list(self._listeners) if self._listeners else ()
         for event in listeners:
             event.set()
         return state
