@@ -38,15 +38,15 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 
 import zmq
 
-from . import __version__, protocol
-from .config import Config, endpoint, load_config
-from .errors import CauldronError, NoWriteNecessary, RouterError, TimeoutError
-from .keywords import VALUE_MODES, DuplicateKeyword, Keyword, Snapshot
-from .limits import raise_file_limit
-from .names import check_name
-from .persist import Persister, legacy_persist_path, persist_path
-from .security import frame_property, server_security
-from .workers import KeyedExecutor, QueueFull, RepeatLog, Scheduler
+from .. import __version__, protocol
+from ..config import Config, endpoint, load_config
+from ..errors import CauldronError, NoWriteNecessary, RouterError, TimeoutError
+from ..keywords import VALUE_MODES, DuplicateKeyword, Keyword, Snapshot
+from ..limits import raise_file_limit
+from ..names import check_name
+from ..persist import Persister, legacy_persist_path, persist_path
+from ..security import frame_property, server_security
+from ..workers import KeyedExecutor, QueueFull, RepeatLog, Scheduler
 
 __all__ = ["Service", "DEFAULT_DISPATCHER", "BindError", "ServiceLog", "AlreadyServed"]
 
@@ -188,7 +188,7 @@ class Service:
         self._security: Any = None       # security.ServerSecurity with [zmq-security] enable
         self._auth: Any = None           # its ZAP authenticator (a thread of its own)
         self._endpoints: Optional[Tuple[str, str]] = None
-        from .ktlxml import is_bundle_path
+        from ..ktlxml import is_bundle_path
         files = _paths(keywords) if keywords is not None else []
         bundles = [path for path in files if is_bundle_path(path)]
         if bundles:                     # KTL XML among the keyword files
@@ -196,7 +196,7 @@ class Service:
         #: KTL XML declarations by keyword name (empty without XML).
         self.declarations: Dict[str, Any] = self._find_declarations(xml)
         if files:
-            from .keywordfile import load_keywords
+            from ..keywordfile import load_keywords
             for path in files:
                 if path not in bundles:
                     load_keywords(self, path)
@@ -206,7 +206,7 @@ class Service:
 
     def _find_declarations(self, xml: Union[PathLike, Sequence[PathLike], None]) -> Dict[str, Any]:
         """The XML declarations: ``xml``, else ``[zmq] xml-dir``, else ``$RELDIR/data/<svc>``."""
-        from . import ktlxml
+        from .. import ktlxml
         if xml is not None:
             sources = _paths(xml)
         elif self.config.zmq.xml_dir is not None:
@@ -227,7 +227,7 @@ class Service:
         them is this dispatcher, only its bundles' keywords are added: the
         others belong to the service's other dispatchers.
         """
-        from .keywords import keyword_class
+        from ..keywords import keyword_class
         mine = [d for d in self.declarations.values() if d.dispatcher == self.dispatcher]
         for declaration in mine or list(self.declarations.values()):
             if declaration.name not in self._keywords:
@@ -655,7 +655,7 @@ class Service:
         """
         if self.config.router.process == "process":
             return _spawn_router_process(self.config, self.log)
-        from .router import Router, RouterStartError
+        from ..router import Router, RouterStartError
         router = Router(self.config)
         try:
             router.start()
@@ -1368,7 +1368,7 @@ class _Routers:
     """
 
     def __init__(self, config: Config, context: zmq.Context) -> None:
-        from .router import RouterClient
+        from ..router import RouterClient
         self.timeout = config.router.timeout
         self.clients = [RouterClient(config, address=a, context=context)
                         for a in config.router_addresses()]
@@ -1379,7 +1379,7 @@ class _Routers:
             requests: Optional[Dict[str, Tuple[str, Any]]] = None,
             timeout: Optional[int] = None) -> Dict[str, Any]:
         """address -> result or exception (:func:`cauldron_zmq.router.ask_routers`)."""
-        from .router import ask_routers
+        from ..router import ask_routers
         clients = self.clients if requests is None else \
             [c for c in self.clients if c.address in requests]
         self.last = ask_routers(clients, command, target, payload, first=first,
@@ -1389,7 +1389,7 @@ class _Routers:
     def request(self, command: str, target: str = "", payload: Any = None,
                 timeout: Optional[int] = None) -> Dict[str, Any]:
         """The first good answer of any router; else the most telling error."""
-        from .router import first_good
+        from ..router import first_good
         answers = self.ask(command, target, payload, first=True, timeout=timeout)
         return first_good(answers, command, target, timeout or self.timeout)
 
@@ -1401,7 +1401,7 @@ class _Routers:
     def unregister(self, service: str, dispatcher: str, instance: Optional[str] = None,
                    timeout: Optional[int] = None) -> Dict[str, Any]:
         """Unregister at every router (all asked at once; waits for each)."""
-        from .router import first_good
+        from ..router import first_good
         payload: Dict[str, Any] = {"dispatcher": dispatcher}
         if instance is not None:
             payload["instance"] = instance
@@ -1433,7 +1433,7 @@ class _Registrar:
     """
 
     def __init__(self, service: Service) -> None:
-        from .protocol.replicas import RouterLink
+        from ..protocol.replicas import RouterLink
         self.svc = service
         self.log = service.log
         self._wake = threading.Event()
@@ -1495,7 +1495,7 @@ class _Registrar:
 
     def _beat(self, routers: _Routers) -> None:
         """Send what is due to each router at once, then act on the answers."""
-        from .protocol.replicas import plan
+        from ..protocol.replicas import plan
         now = time.monotonic()
         if self._reregister:
             self._reregister = False
@@ -1512,7 +1512,7 @@ class _Registrar:
         self._maybe_spawn(now)
 
     def _request(self, action: str) -> Tuple[str, Any]:
-        from .protocol.replicas import REGISTER, conflicts
+        from ..protocol.replicas import REGISTER, conflicts
         svc = self.svc
         if action == REGISTER:
             payload = svc._registration_payload(prefer=svc._ports)
@@ -1527,7 +1527,7 @@ class _Registrar:
     def _note(self, routers: _Routers, link: Any, action: str, answer: Any,
               now: float) -> None:
         """Record one router's answer (pure), then log and act on what it meant."""
-        from .protocol import replicas
+        from ..protocol import replicas
         svc = self.svc
         was_silent, old_problem = link.silent, link.problem
         code = None
@@ -1566,7 +1566,7 @@ class _Registrar:
 
     def _maybe_spawn(self, now: float) -> None:
         """No router answers: start a detached one that outlives us (the bind decides)."""
-        from .protocol.replicas import should_spawn
+        from ..protocol.replicas import should_spawn
         rcfg = self.svc.config.router
         if not should_spawn(self._links, rcfg.allow_spawn, rcfg.protocol, self._last_spawn,
                             now, SPAWN_RETRY):
@@ -1615,7 +1615,7 @@ def _dispatcher_name(name: Any) -> str:
 def _probe_identity(context: Optional[zmq.Context], config: Config,
                     port: int) -> Optional[Dict[str, Any]]:
     """What answers ``identify`` on ``port`` of our host within PROBE_MS, or None."""
-    from .security import client_security
+    from ..security import client_security
     zcfg = config.zmq
     ctx = context if context is not None else zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
@@ -1671,7 +1671,7 @@ def _spawn_router_process(config: Config, log: logging.Logger) -> Callable[[], N
         stream.write(config.to_toml())
     logfile = os.path.join(tempfile.gettempdir(), f"cauldron_zmq-router-{config.router.port}.log")
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
         os.pathsep) if p])
     with open(logfile, "ab") as err:
