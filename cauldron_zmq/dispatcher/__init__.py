@@ -28,3 +28,9 @@ from .registration import AlreadyServed
 from .service import DEFAULT_DISPATCHER, Service, ServiceLog
 
 __all__ = ["Service", "DEFAULT_DISPATCHER", "BindError", "ServiceLog", "AlreadyServed"]
+
+# Their public home, as before the package split: reprs, tracebacks, pickles
+# and the API docs (one description each) name ``cauldron_zmq.dispatcher.X``.
+for _cls in (Service, BindError, ServiceLog, AlreadyServed):
+    _cls.__module__ = __name__
+del _cls
