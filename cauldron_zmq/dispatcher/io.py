@@ -11,6 +11,7 @@ is queued (:meth:`IOThread.wait_for_room`).
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from itertools import islice
@@ -60,28 +61,51 @@ class BindError(CauldronError, OSError):
 
 
 class Outbox(Mailbox[Tuple[Any, ...]]):
-    """The service's mailbox to its I/O thread, which also says how much waits in it.
+    """The service's mailbox to its I/O thread: a :class:`~cauldron_zmq.transport.Mailbox`
+    that also says how much waits in it, and that its own thread can fill.
 
-    ``set()``'s back-pressure needs the count (:meth:`qsize`); and
-    :meth:`take_all` clears the wake-up flag and drains the pipe under the
-    mailbox's lock, so that a ``put`` between the two cannot leave the flag
-    set with the pipe empty (every later ``put`` would then skip its
-    wake-up).  Both belong in :class:`~cauldron_zmq.transport.Mailbox`.
+    * :attr:`qsize` and :attr:`empty` -- ``set()``'s back-pressure and the
+      I/O loop look at the queue (the queue's own methods: no Python frame
+      on every ``set()``);
+    * :meth:`put_here` -- the I/O thread's own broadcasts (a write answered
+      on the fast path) skip the wake-up: it looks at the queue before it
+      polls again, so they cost no ``write(2)``/``read(2)`` pair;
+    * :meth:`take_all` clears the wake-up flag and drains the pipe together,
+      under the mailbox's lock, and only when a wake-up was written: a
+      ``put`` between the two cannot leave the flag set with the pipe empty
+      (every later ``put`` would skip its wake-up), and a look at the queue
+      costs no system call.
+
+    All three belong in :class:`~cauldron_zmq.transport.Mailbox` itself.
     """
 
-    def qsize(self) -> int:
-        return self._queue.qsize()
+    qsize: Callable[[], int]
+    empty: Callable[[], bool]
 
-    def empty(self) -> bool:
-        return self._queue.empty()
+    def __init__(self) -> None:
+        super().__init__()
+        self.qsize = self._queue.qsize
+        self.empty = self._queue.empty
+
+    def put_here(self, item: Tuple[Any, ...]) -> None:
+        """On the owning thread only: queue ``item`` without a wake-up."""
+        self._queue.put(item)
 
     def take_all(self) -> Iterator[Tuple[Any, ...]]:
-        items = super().take_all()
         with self._lock:            # the flag and the pipe together (see above)
-            first = next(items, None)
-        if first is not None:
-            yield first
-            yield from items
+            if self._pending:
+                self._pending = False
+                try:
+                    while os.read(self._rfd, 4096):
+                        pass
+                except OSError:     # BlockingIOError: drained; else closed
+                    pass
+        get = self._queue.get_nowait
+        while True:
+            try:
+                yield get()
+            except queue.Empty:
+                return
 
 
 class _Box:
@@ -115,7 +139,7 @@ class IOThread:
         self._gseq = 0
         self._topics: Dict[str, bytes] = {}      # keyword name -> its broadcast topic
         self._next_heartbeat: Optional[float] = None
-        self._ident: Optional[int] = None
+        self.ident: Optional[int] = None           # the thread's, once it runs
         self._stopping = False
         #: Broadcasts taken from the outbox while no PUB is bound (sent once bound).
         self.backlog: List[Tuple[Any, ...]] = []
@@ -136,7 +160,7 @@ class IOThread:
         """Replies and broadcasts waiting to be sent."""
         return self._outbox.qsize() + len(self.backlog)
 
-    def wait_for_room(self, running: Callable[[], bool]) -> None:
+    def wait_for_room(self) -> None:
         """Back-pressure, called by Keyword.set() (through the service) before any lock.
 
         A producer calling set() faster than this thread publishes (a tight
@@ -146,13 +170,13 @@ class IOThread:
         half of them are left.  The timeout only bounds a wake-up lost to a
         race, it is not a poll.  Never waits on this thread itself.
         """
-        if self.queued() < MAX_QUEUED or threading.get_ident() == self._ident:
-            return
+        if self.queued() < MAX_QUEUED or threading.get_ident() == self.ident:
+            return                  # (the service checked the first already: re-checked here)
         low = MAX_QUEUED // 2
         with self._room:
             self._room_waiters += 1
             try:
-                while self.queued() > low and running() and self._thread.is_alive():
+                while self.queued() > low and self.svc.running and self._thread.is_alive():
                     self._outbox.wake()
                     self._room.wait(0.5)
             finally:
@@ -195,7 +219,7 @@ class IOThread:
     # ------------------------------------------------------------- the loop
 
     def _run(self) -> None:
-        self._ident = threading.get_ident()
+        self.ident = threading.get_ident()
         outbox = self._outbox
         self._poller.register(outbox.fd, zmq.POLLIN)
         try:

@@ -32,6 +32,7 @@ from ..security import server_security
 from ..transport import MailboxClosed
 from ..workers import KeyedExecutor, Scheduler
 from .handlers import persistable
+from . import io as io_module
 from .io import BROADCAST, CONTROL, REPLY, IOThread, Outbox
 from .registrar import Registrar
 from .registration import Registration, advertised_host
@@ -278,19 +279,25 @@ class Service(Registration):
     # ---------------------------------------------- called by Keyword.set()
 
     def _publish(self, keyword: Keyword, snap: Snapshot) -> None:
-        """Queue a broadcast (called with the keyword's lock held, so seq order holds)."""
-        if self._state != "stopped":
+        """Queue a broadcast (called with the keyword's lock held, so seq order holds).
+
+        On the I/O thread itself (a write answered on the fast path) without
+        a wake-up: that thread looks at the outbox before it polls again.
+        """
+        if self._state == "stopped":
+            return
+        io = self._io
+        if io is not None and io.ident == threading.get_ident():
+            self._outgoing.put_here((BROADCAST, keyword, snap))
+        else:
             self._hand_off((BROADCAST, keyword, snap))
 
     def _wait_for_room(self) -> None:
         """Back-pressure, called by Keyword.set() before it takes any lock: see
         :meth:`.io.IOThread.wait_for_room` (no waiting before begin())."""
         io = self._io
-        if io is not None:
-            io.wait_for_room(self._is_running)
-
-    def _is_running(self) -> bool:
-        return self._state == "running"
+        if io is not None and io.queued() >= io_module.MAX_QUEUED:
+            io.wait_for_room()
 
     def _changed(self, keyword: Keyword, snap: Snapshot) -> None:
         persister = self._persister
