@@ -19,8 +19,9 @@ Threads, and why there are several (one socket belongs to one thread):
 * the **persister** saves persisted values off every other thread.
 
 The package: :mod:`.service` (:class:`Service`: keywords and lifecycle),
-:mod:`.io`, :mod:`.handlers` (pure: request and keywords in, reply out),
-:mod:`.registration` and :mod:`.registrar`.  ``docs/dispatcher.rst``
+:mod:`.sources` (keyword files, KTL XML, setup), :mod:`.io`, :mod:`.handlers`
+(pure: request and keywords in, reply out), :mod:`.registration` and
+:mod:`.registrar`.  ``docs/dispatcher.rst``
 describes the behaviour; ``docs/protocol.rst`` the wire.
 """
 from .io import MAX_QUEUED, BindError  # noqa: F401 - MAX_QUEUED: imported by tests

@@ -36,6 +36,7 @@ from . import io as io_module
 from .io import BROADCAST, CONTROL, REPLY, IOThread, Outbox
 from .registrar import Registrar
 from .registration import Registration, advertised_host
+from .sources import populate
 
 __all__ = ["Service", "DEFAULT_DISPATCHER", "ServiceLog"]
 
@@ -132,50 +133,9 @@ class Service(Registration):
         self._security: Any = None       # security.ServerSecurity with [zmq-security] enable
         self._auth: Any = None           # its ZAP authenticator (a thread of its own)
         self._endpoints: Optional[Tuple[str, str]] = None
-        from ..ktlxml import is_bundle_path
-        files = _paths(keywords) if keywords is not None else []
-        bundles = [path for path in files if is_bundle_path(path)]
-        if bundles:                     # KTL XML among the keyword files
-            xml = _paths(xml) + bundles if xml is not None else bundles
         #: KTL XML declarations by keyword name (empty without XML).
-        self.declarations: Dict[str, Any] = self._find_declarations(xml)
-        if files:
-            from ..keywordfile import load_keywords
-            for path in files:
-                if path not in bundles:
-                    load_keywords(self, path)
-        if setup is not None:
-            setup(self)
-        self._serve_declared()
-
-    def _find_declarations(self, xml: Union[PathLike, Sequence[PathLike], None]) -> Dict[str, Any]:
-        """The XML declarations: ``xml``, else ``[zmq] xml-dir``, else ``$RELDIR/data/<svc>``."""
-        from .. import ktlxml
-        if xml is not None:
-            sources = _paths(xml)
-        elif self.config.zmq.xml_dir is not None:
-            sources = [self.config.zmq.xml_dir]
-        else:
-            found = ktlxml.service_directory(self.name)
-            sources = [found] if found else []
-        declarations = ktlxml.load_declarations(sources, self.name) if sources else {}
-        if declarations:
-            self.log.info("%d keyword(s) declared in KTL XML (%s)", len(declarations),
-                          ", ".join(os.fspath(p) for p in sources))
-        return declarations
-
-    def _serve_declared(self) -> None:
-        """Keywords declared in XML but not created in code: plain keywords of their type.
-
-        When bundles name dispatchers (``<dispatcher><name>``) and one of
-        them is this dispatcher, only its bundles' keywords are added: the
-        others belong to the service's other dispatchers.
-        """
-        from ..keywords import keyword_class
-        mine = [d for d in self.declarations.values() if d.dispatcher == self.dispatcher]
-        for declaration in mine or list(self.declarations.values()):
-            if declaration.name not in self._keywords:
-                keyword_class(declaration.type)(declaration.name, self)
+        self.declarations: Dict[str, Any] = {}
+        populate(self, setup, keywords, xml)
 
     # ------------------------------------------------------- DFW container
 
@@ -496,13 +456,6 @@ class Service(Registration):
 # =============================================================================
 # Helpers
 # =============================================================================
-
-def _paths(value: Any) -> List[Any]:
-    """One path or a sequence of them, as a list."""
-    if isinstance(value, (str, bytes, os.PathLike)):
-        return [value]
-    return list(value)
-
 
 def _service_name(name: Any) -> str:
     """Stripped and lower-cased, then :func:`cauldron_zmq.names.check_name` (a ValueError)."""
