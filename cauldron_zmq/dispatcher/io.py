@@ -195,10 +195,7 @@ class IOThread:
             except CauldronError:
                 self.log.error("the I/O thread did not stop")
             self._thread.join(timeout)
-        stopped = not self._thread.is_alive()
-        if stopped:
-            self._outbox.close_fds()
-        return stopped
+        return not self._thread.is_alive()     # (the thread closed the outbox on its way out)
 
     def _call(self, command: str, argument: Any, timeout: float = 30.0) -> None:
         box = _Box()
@@ -235,6 +232,7 @@ class IOThread:
             self.log.exception("the I/O thread failed; requests are no longer served")
         finally:
             self._close_sockets()
+            self._outbox.close_fds()   # later puts are refused, not queued without bound
             with self._room:           # nobody waits for room on a thread that has ended
                 self._room.notify_all()
 
