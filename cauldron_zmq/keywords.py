@@ -519,16 +519,24 @@ class Keyword:
                 f"expected {self.length} ({', '.join(repr(l) for l in self.labels or ())})")
         return native
 
-    def _set_native(self, value: Any, force: bool) -> bool:
-        """``set`` after translate and conversion."""
-        if not force and self.type.equal(self._snap.value, value):
+    def _set_native(self, value: Any, force: bool, expect: Optional[int] = None) -> Any:
+        """``set`` after translate and conversion: True if stored, False if unchanged.
+
+        ``expect`` makes it a compare-and-set (``increment``): the value is
+        stored only while the keyword still holds the snapshot of that seq;
+        else None is returned and nothing is done (the caller recomputes).
+        """
+        if expect is None and not force and self.type.equal(self._snap.value, value):
             return False
         self.check(self.hook_value(value))
         wait_for_room = getattr(self.service, "_wait_for_room", None)
         if wait_for_room is not None:
             wait_for_room()              # backpressure when the I/O thread is far behind
         with self._lock:
-            if not force and self.type.equal(self._snap.value, value):
+            current = self._snap
+            if expect is not None and current.seq != expect:
+                return None
+            if not force and self.type.equal(current.value, value):
                 return False
             snap = self._store(value)
             self.service._publish(self, snap)
@@ -864,10 +872,19 @@ class Integer(Keyword):
     KTL_GENERIC = False
 
     def increment(self, amount: int = 1) -> bool:
-        """Add ``amount`` to the value (0 when unset) and broadcast."""
-        with self._lock:
-            current = self._snap.value or 0
-        return self.set(current + amount)
+        """Add ``amount`` to the value (0 when unset) and broadcast; False if unchanged.
+
+        Atomic: a compare-and-set on the keyword's seq, so when another
+        ``set()`` lands between reading the value and storing the sum, the
+        sum is taken again from the new value and concurrent increments all
+        count.  Hooks (``translate``, ``check``) never run under the lock.
+        """
+        while True:
+            snap = self._snap            # one consistent snapshot (value and seq)
+            done = self._set_native(self._translate((snap.value or 0) + amount), False,
+                                    expect=snap.seq)
+            if done is not None:
+                return bool(done)
 
 
 class Double(Keyword):

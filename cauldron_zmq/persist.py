@@ -134,12 +134,6 @@ class Persister:
             self._dirty = True
             self._cond.notify()
 
-    def forget(self, keyword: str) -> None:
-        with self._cond:
-            if self._values.pop(keyword, None) is not None:
-                self._dirty = True
-                self._cond.notify()
-
     def start(self, name: str = "persist") -> None:
         with self._cond:
             if self._thread is not None:

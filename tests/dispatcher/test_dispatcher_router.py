@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from cauldron_zmq import DFW, dispatcher
+from cauldron_zmq import DFW
+from cauldron_zmq.dispatcher import registration
 from cauldron_zmq.dispatcher import Service
 from cauldron_zmq.errors import RouterError, TimeoutError as CzTimeout
 from cauldron_zmq.router import Router
@@ -132,9 +133,9 @@ def test_spawns_a_router_process_that_outlives_the_service(tmp_path: Any) -> Non
     finally:
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
-        for proc in list(dispatcher._spawned):
+        for proc in list(registration._spawned):
             proc.wait(10)
-            dispatcher._spawned.remove(proc)
+            registration._spawned.remove(proc)
     assert ping_router(cfg) is None
 
 

@@ -22,7 +22,8 @@ from typing import Any, Dict, Iterator, List
 import pytest
 import zmq
 
-from cauldron_zmq import DFW, dispatcher, protocol
+from cauldron_zmq import DFW, protocol
+from cauldron_zmq.dispatcher import io as dispatcher_io
 from cauldron_zmq.errors import KeywordBusy
 from cauldron_zmq.testing import ServiceHarness, _child_env, wait_until
 
@@ -215,7 +216,7 @@ def test_client_gets_busy_at_the_limit_and_writes_again_after(tmp_path: Path) ->
 def test_set_waits_on_a_condition_while_the_broadcast_queue_is_full(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A producer faster than the I/O thread blocks (no 1 ms polling) and resumes."""
-    monkeypatch.setattr(dispatcher, "MAX_QUEUED", 50)
+    monkeypatch.setattr(dispatcher_io, "MAX_QUEUED", 50)
     sleeps: List[float] = []                  # time.sleep() calls made by set()'s caller
     real_sleep = time.sleep
 
@@ -225,12 +226,13 @@ def test_set_waits_on_a_condition_while_the_broadcast_queue_is_full(
         real_sleep(seconds)
     monkeypatch.setattr(time, "sleep", recorded_sleep)
     gate = threading.Event()
-    real_flush = dispatcher._IOThread._flush
+    real_publish = dispatcher_io.IOThread._publish
 
-    def gated_flush(io: Any) -> None:
-        if gate.is_set():
-            real_flush(io)
-    monkeypatch.setattr(dispatcher._IOThread, "_flush", gated_flush)
+    def gated_publish(io: Any, keyword: Any, snap: Any) -> None:
+        if snap.seq > 1:                      # the producer's: hold the I/O thread there
+            gate.wait(20)                     # (bind and stop share its mailbox since #12)
+        real_publish(io, keyword, snap)
+    monkeypatch.setattr(dispatcher_io.IOThread, "_publish", gated_publish)
 
     with ServiceHarness(lambda s: DFW.Integer("COUNT", s, initial=0), "room") as harness:
         svc = harness.dispatcher
