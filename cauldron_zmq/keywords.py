@@ -516,7 +516,7 @@ class Keyword:
         if self.length is not None and len(native) != self.length:
             raise ConversionError(
                 f"{self.name}: {len(native)} element{'' if len(native) == 1 else 's'}, "
-                f"expected {self.length} ({', '.join(repr(l) for l in self.labels or ())})")
+                f"expected {self.length} ({', '.join(repr(label) for label in self.labels or ())})")
         return native
 
     def _set_native(self, value: Any, force: bool, expect: Optional[int] = None) -> Any:

@@ -48,9 +48,10 @@ class Mailbox(Generic[T]):
     """Hand items to one I/O thread that polls :attr:`fd`.
 
     ``put`` writes the pipe only when no wake-up is pending (written, not yet
-    drained): the reader clears the flag *before* it empties the queue, so
-    nothing queued before a skipped write is left behind.  Any thread may
-    ``put``; only the owning thread calls :meth:`take_all`.
+    taken): the reader clears the flag, under the same lock, *before* it
+    empties the queue, so nothing queued before a skipped write is left
+    behind.  Any thread may ``put``; only the owning thread calls
+    :meth:`take_all` and :meth:`put_here`.
     """
 
     def __init__(self) -> None:
@@ -108,25 +109,43 @@ class Mailbox(Generic[T]):
         except OSError:
             pass                        # closed fds: the reader is gone
 
-    def take_all(self) -> Iterator[T]:
-        """On the owning thread: empty the pipe, clear the flag, then yield what is queued.
+    def put_here(self, item: T) -> None:
+        """On the owning thread only: queue ``item`` without a wake-up.
 
-        In that order: a byte written after the flag is cleared stays in the
-        pipe for the next poll, and an item put while the flag was still set
-        (no byte written) is in the queue before the flag clears.  Clearing
-        first would let this read swallow the byte of a put that arrives
-        between the two, leaving the flag set with an empty pipe: every later
-        put would skip its write and wait for the poll's timeout.
+        The owner looks at the queue before it polls again, so its own
+        items (a dispatcher's broadcast of a write it answered itself) cost
+        no ``write(2)``/``read(2)`` pair.
         """
-        try:
-            while os.read(self._rfd, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-        self._pending = False
+        self._queue.put(item)
+
+    def qsize(self) -> int:
+        """Items waiting (for back-pressure: how far behind the owner is)."""
+        return self._queue.qsize()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+    def take_all(self) -> Iterator[T]:
+        """On the owning thread: clear the wake-up, then yield what is queued.
+
+        The flag is cleared and the pipe emptied together, under the lock
+        ``put`` holds, and only when a wake-up was written: a ``put`` cannot
+        land between the two (its byte swallowed while the flag stays set,
+        so every later ``put`` would skip its wake-up and wait for the poll's
+        timeout), and a look at an empty mailbox costs no system call.
+        """
+        with self._lock:
+            if self._pending:
+                self._pending = False
+                try:
+                    while os.read(self._rfd, 4096):
+                        pass
+                except OSError:          # BlockingIOError: drained; else closed
+                    pass
+        get = self._queue.get_nowait
         while True:
             try:
-                yield self._queue.get_nowait()
+                yield get()
             except queue.Empty:
                 return
 

@@ -11,11 +11,10 @@ is queued (:meth:`IOThread.wait_for_room`).
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import zmq
 
@@ -60,52 +59,9 @@ class BindError(CauldronError, OSError):
         return str(self.args[1])
 
 
-class Outbox(Mailbox[Tuple[Any, ...]]):
-    """The service's mailbox to its I/O thread: a :class:`~cauldron_zmq.transport.Mailbox`
-    that also says how much waits in it, and that its own thread can fill.
-
-    * :attr:`qsize` and :attr:`empty` -- ``set()``'s back-pressure and the
-      I/O loop look at the queue (the queue's own methods: no Python frame
-      on every ``set()``);
-    * :meth:`put_here` -- the I/O thread's own broadcasts (a write answered
-      on the fast path) skip the wake-up: it looks at the queue before it
-      polls again, so they cost no ``write(2)``/``read(2)`` pair;
-    * :meth:`take_all` clears the wake-up flag and drains the pipe together,
-      under the mailbox's lock, and only when a wake-up was written: a
-      ``put`` between the two cannot leave the flag set with the pipe empty
-      (every later ``put`` would skip its wake-up), and a look at the queue
-      costs no system call.
-
-    All three belong in :class:`~cauldron_zmq.transport.Mailbox` itself.
-    """
-
-    qsize: Callable[[], int]
-    empty: Callable[[], bool]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.qsize = self._queue.qsize
-        self.empty = self._queue.empty
-
-    def put_here(self, item: Tuple[Any, ...]) -> None:
-        """On the owning thread only: queue ``item`` without a wake-up."""
-        self._queue.put(item)
-
-    def take_all(self) -> Iterator[Tuple[Any, ...]]:
-        with self._lock:            # the flag and the pipe together (see above)
-            if self._pending:
-                self._pending = False
-                try:
-                    while os.read(self._rfd, 4096):
-                        pass
-                except OSError:     # BlockingIOError: drained; else closed
-                    pass
-        get = self._queue.get_nowait
-        while True:
-            try:
-                yield get()
-            except queue.Empty:
-                return
+#: The service's mailbox to its I/O thread (replies, broadcasts, bind, stop):
+#: the one :class:`~cauldron_zmq.transport.Mailbox` every I/O loop uses.
+Outbox = Mailbox
 
 
 class _Box:

@@ -1,4 +1,4 @@
-"""The dispatcher's Outbox: the I/O thread's one mailbox, counted, fillable by that thread."""
+"""transport.Mailbox, the one hand-over into every I/O thread: counted, fillable by its owner."""
 from __future__ import annotations
 
 import select
@@ -7,8 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from cauldron_zmq.dispatcher.io import Outbox
-from cauldron_zmq.transport import MailboxClosed
+
+from cauldron_zmq.transport import Mailbox as Outbox, MailboxClosed
 
 
 def readable(fd: int) -> bool:
