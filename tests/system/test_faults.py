@@ -532,6 +532,10 @@ def test_slow_subscribers_do_not_grow_the_dispatcher(tmp_path: Path, procs: Proc
             assert stalled.poll(10_000), "the stalled SUB never got a heartbeat"
             stalled.recv_multipart()               # subscribed; it reads nothing more
 
+            # what it re-read so far: counted before it stops, since on resuming it
+            # may re-read at once (silent for longer than liveness: "answering again")
+            # or at the next heartbeat (the gap), before any report could be asked for
+            rereads = len(client_report()["rereads"])
             os.kill(slow_client.pid, signal.SIGSTOP)
             wait_until(lambda: is_stopped(slow_client.pid), 5, message="client stopped")
             try:
@@ -549,7 +553,6 @@ def test_slow_subscribers_do_not_grow_the_dispatcher(tmp_path: Path, procs: Proc
             assert reader.gaps == 0 and reader.values[0] == 1 and len(reader.values) == last
 
             # the stopped client resumes: it finds the gap and re-reads
-            rereads = len(client_report()["rereads"])
             report = client_report(f"wait {last}")
             print("slow client:", report)
             assert report["value"] == last
