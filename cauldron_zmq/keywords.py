@@ -43,6 +43,7 @@ from typing import (Any, Callable, Deque, Dict, List, NamedTuple, Optional, Sequ
 
 from .errors import ConversionError, NoWriteNecessary
 from .names import InvalidName, check_name
+from .protocol.payloads import Value
 from .types import KeywordType, _canonical_type, keyword_type
 
 __all__ = [
@@ -719,10 +720,8 @@ class Keyword:
         clients format an array's when asked, so a large value travels once.
         """
         snap = snap or self._snap
-        if self.type.is_array or self.type.type == "string":
-            return {"keyword": self.name, "value": snap.wire, "time": snap.time, "seq": snap.seq}
-        return {"keyword": self.name, "value": snap.wire, "ascii": snap.ascii,
-                "time": snap.time, "seq": snap.seq}
+        return Value(snap.wire, snap.ascii, snap.time, snap.seq).to_payload(
+            self.name, with_ascii=not (self.type.is_array or self.type.type == "string"))
 
     def describe(self) -> Dict[str, Any]:
         """A protocol DESCRIPTION: the VALUE plus type and metadata."""

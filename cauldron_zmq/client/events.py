@@ -24,6 +24,7 @@ from ..errors import (
 )
 from ..names import split_entries
 from ..protocol.links import LinkState, Resync, link_key
+from ..protocol.payloads import Heartbeat
 from ..protocol.requests import ROUTER, Pending, RequestTable
 from ..security import handshake_event
 from ..transport import Monitored, drain
@@ -90,7 +91,7 @@ class _LinkEvents:
             if back is not None:
                 self._came_back(link, back)
             if b.is_heartbeat:
-                self._on_heartbeat(link, b.payload)
+                self._on_heartbeat(link, Heartbeat.from_payload(b.payload))
             else:
                 self._on_broadcast(link, b)
 
@@ -108,13 +109,15 @@ class _LinkEvents:
             # first heartbeat (see LinkState.on_heartbeat).
             self._do_resync(link, link.sub_connected())
 
-    def _on_heartbeat(self, link: _Link, hb: Dict[str, Any]) -> None:
+    def _on_heartbeat(self, link: _Link, hb: Heartbeat) -> None:
         action = link.on_heartbeat(hb)
         if action is not None:
             self._do_resync(link, action)
 
     def _on_broadcast(self, link: _Link, b: protocol.Broadcast) -> None:
-        action = link.on_broadcast(b.payload.get("gseq"))
+        gseq = b.payload.get("gseq")
+        action = link.on_broadcast(gseq if isinstance(gseq, int) and not isinstance(gseq, bool)
+                                   else None)
         if action is not None:
             self._do_resync(link, action)
         name = b.keyword.upper()

@@ -23,6 +23,7 @@ from ..config import endpoint
 from ..errors import CauldronError
 from ..keywords import Keyword, Snapshot
 from ..security import frame_property
+from ..protocol.payloads import Heartbeat
 from ..transport import Mailbox, MailboxClosed, drain, make_socket
 from ..workers import QueueFull
 from . import handlers
@@ -326,8 +327,8 @@ class IOThread:
             return
         interval = self.config.zmq.heartbeat
         self._next_heartbeat = now + interval
-        payload = {"dispatcher": self.svc.dispatcher, "time": time.time(), "interval": interval,
-                   "gseq": self._gseq, "pid": os.getpid(), "started": self.svc.started}
+        payload = Heartbeat(self.svc.started, os.getpid(), self._gseq, interval).to_payload(
+            self.svc.dispatcher, time.time())
         frames = protocol.encode_broadcast(protocol.Broadcast(self.svc.name, "", payload))
         try:
             _send_frames(self._pub, frames)

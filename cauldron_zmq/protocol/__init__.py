@@ -8,7 +8,10 @@ with ``zmq``, ``socket`` and ``threading`` unimportable.
 
 * :mod:`.wire` -- the codec: frames, requests, replies, broadcasts (re-exported
   here, so ``cauldron_zmq.protocol.request(...)`` keeps working);
-* :mod:`.book` -- the router's book of services and dispatchers;
+* :mod:`.payloads` -- Heartbeat, Value and Entry: what producers build and
+  consumers decode, one definition each;
+* :mod:`.book` -- the router's book of services and dispatchers (with
+  :mod:`.entries`, :mod:`.pairs` and :mod:`.bookfile`);
 * :mod:`.requests` -- the client's table of requests in flight;
 * :mod:`.links` -- what a client knows of each dispatcher (liveness, loss, restarts);
 * :mod:`.cache` -- a keyword's cached value and which updates reach callbacks;

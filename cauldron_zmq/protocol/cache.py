@@ -30,6 +30,8 @@ import collections
 import operator
 from typing import Any, Callable, Deque, NamedTuple, Optional
 
+from .payloads import Value
+
 __all__ = ["REPLY", "FRESH", "BROADCAST", "HISTORY_LENGTH", "HistorySlice", "State", "Fields",
            "fields", "is_stale", "KeywordCache"]
 
@@ -63,13 +65,9 @@ class State(NamedTuple):
     connected: bool = True
 
 
-class Fields(NamedTuple):
-    """What a VALUE payload says, its value still in wire form (decoding needs the type)."""
-
-    value: Any
-    ascii: Optional[str]
-    time: Optional[float]
-    seq: Optional[int]
+#: What a VALUE payload says, its value still in wire form (decoding needs the type):
+#: the one definition producer and consumer share (:mod:`.payloads`).
+Fields = Value
 
 
 def fields(payload: Any, raw: Optional[bytes]) -> Optional[Fields]:
@@ -79,13 +77,7 @@ def fields(payload: Any, raw: Optional[bytes]) -> Optional[Fields]:
     history entry.  A malformed time or sequence number is ignored (None),
     never trusted: staleness and once-per-change callbacks depend on them.
     """
-    if not isinstance(payload, dict) or payload.get("value") is None and raw is None:
-        return None
-    stamp = payload.get("time")
-    seq = payload.get("seq")
-    return Fields(payload.get("value"), payload.get("ascii"),
-                  float(stamp) if isinstance(stamp, (int, float)) else None,
-                  seq if isinstance(seq, int) else None)
+    return Value.from_payload(payload, raw)
 
 
 def is_stale(old: State, seq: Optional[int], stamp: Optional[float]) -> bool:

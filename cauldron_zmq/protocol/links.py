@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from .backoff import LOOKUP, Schedule
+from .payloads import Entry, Heartbeat
 
 __all__ = ["Repair", "RETRY", "LinkState", "Resync", "DOWN", "RELOOKUP", "REPAIR",
            "link_key", "entry_address"]
@@ -155,16 +156,12 @@ DOWN, RELOOKUP, REPAIR = "down", "relookup", "repair"
 
 def link_key(entry: Mapping[str, Any]) -> str:
     """A dispatcher's identity in a look-up answer: its name, else host:port."""
-    name = entry.get("dispatcher")
-    if name:
-        return str(name)
-    return f"{entry.get('host')}:{entry.get('dispatch_port')}"
+    return Entry.from_payload(entry).key
 
 
 def entry_address(entry: Mapping[str, Any]) -> Tuple[str, str, int, int]:
     """(transport, host, dispatch port, broadcast port) of a look-up entry."""
-    return (str(entry.get("protocol") or "tcp"), str(entry.get("host") or "localhost"),
-            int(entry.get("dispatch_port") or 0), int(entry.get("broadcast_port") or 0))
+    return Entry.from_payload(entry).address
 
 
 class LinkState:
@@ -259,12 +256,11 @@ class LinkState:
         self.synced = False
         return Resync("broadcast socket connected")
 
-    def on_heartbeat(self, hb: Mapping[str, Any]) -> Optional[Resync]:
+    def on_heartbeat(self, hb: Heartbeat) -> Optional[Resync]:
         """A heartbeat: restart by ``started``/``pid``, gaps and regressions by ``gseq``."""
-        started, pid, gseq = hb.get("started"), hb.get("pid"), hb.get("gseq")
-        interval = hb.get("interval")
-        if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval > 0:
-            self.interval = float(interval)
+        started, pid, gseq = hb.started, hb.pid, hb.gseq
+        if hb.interval is not None:
+            self.interval = hb.interval
         restarted = self.started is not None and (started != self.started or pid != self.pid)
         self.started, self.pid = started, pid
         action: Optional[Resync] = None
@@ -272,26 +268,26 @@ class LinkState:
             action = Resync("dispatcher restarted", restarted=True)
         elif not self.synced:
             action = Resync("first heartbeat since connecting")
-        elif isinstance(gseq, int) and self.gseq is not None and gseq != self.gseq:
+        elif gseq is not None and self.gseq is not None and gseq != self.gseq:
             backwards = gseq < self.gseq
             action = Resync("broadcast sequence went backwards" if backwards else
                             f"lost broadcasts (heartbeat gseq {gseq}, last seen {self.gseq})",
                             restarted=backwards, supersede=backwards)
         self.synced = True
-        if isinstance(gseq, int):
+        if gseq is not None:
             self.gseq = gseq
         return action
 
-    def on_broadcast(self, gseq: Any) -> Optional[Resync]:
+    def on_broadcast(self, gseq: Optional[int]) -> Optional[Resync]:
         """A value broadcast's ``gseq``: the next one, a gap, or a regression."""
         action: Optional[Resync] = None
-        if isinstance(gseq, int) and self.gseq is not None:
+        if gseq is not None and self.gseq is not None:
             if gseq <= self.gseq:
                 action = Resync("broadcast sequence went backwards", restarted=True)
             elif gseq > self.gseq + 1:
                 action = Resync(f"lost broadcasts (gseq {self.gseq} -> {gseq})",
                                 supersede=False)
-        if isinstance(gseq, int):
+        if gseq is not None:
             self.gseq = gseq
         return action
 

@@ -80,7 +80,7 @@ def test_a_payload_without_a_value_leaves_no_history() -> None:
     assert framed is not None and framed.value is None
     got = fields({"value": 5, "ascii": "5", "time": 12, "seq": 9}, None)
     assert got is not None and isinstance(got.time, float)
-    assert tuple(got) == (5, "5", 12.0, 9)
+    assert tuple(got) == (5, "5", 12.0, 9, None)       # no gseq: a reply, not a broadcast
     odd = fields({"value": 5, "time": "noon", "seq": "9"}, None)
     assert odd is not None and odd.time is None and odd.seq is None
     c = KeywordCache("NOVALUE")                             # nothing ingested: empty

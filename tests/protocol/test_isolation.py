@@ -31,7 +31,7 @@ PROBE = textwrap.dedent("""
     sys.meta_path.insert(0, Refuse())
     import cauldron_zmq.protocol as p
     from cauldron_zmq.protocol import (backoff, book, bookfile, cache, entries, links, pairs,
-                                       replicas, requests, retry, wire)
+                                       payloads, replicas, requests, retry, wire)
     assert p.request("read", "X").command == "read"
     leaked = sorted(n for n in sys.modules if n.split(".")[0] in BLOCKED)
     assert not leaked, leaked
