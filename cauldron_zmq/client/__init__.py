@@ -6,8 +6,11 @@ scripts use that.  This package holds the machinery, one module a part:
 * :mod:`.task` -- :class:`Task` (what ``wait=False`` returns) and :func:`deadline`;
 * :mod:`.service` -- :class:`Service`: look-up, connection, keyword objects;
 * :mod:`.keyword` -- :class:`Keyword`: cache, reads, writes, callbacks, waits;
-* :mod:`.engine` and :mod:`.events` -- one Service's links, requests and
-  sockets, carrying out what :mod:`cauldron_zmq.protocol` decides;
+* :mod:`.values` and :mod:`.operators` -- a keyword's values encoded,
+  decoded, and used as operands;
+* :mod:`.engine`, :mod:`.events` and :mod:`.lookups` -- one Service's links,
+  requests, sockets and router look-ups, carrying out what
+  :mod:`cauldron_zmq.protocol` decides;
 * :mod:`.loop` -- the one I/O thread and ZeroMQ context of the process;
 * :mod:`.direct` -- synchronous reads and writes in the caller's own thread;
 * :mod:`.callbacks` -- the thread that runs keyword callbacks.

@@ -25,10 +25,8 @@ from ..config import Config
 from ..errors import AuthenticationError, CauldronError, RemoteError, TimeoutError
 from ..protocol.links import DOWN, RELOOKUP, REPAIR, link_key
 from ..protocol.requests import (
-    ROUTER,
     Pending,
     RequestTable,
-    better_refusal,
     keep_waiting,
 )
 from ..security import (
@@ -43,6 +41,7 @@ from ..transport import MailboxClosed, Monitored, drain, make_socket
 from .callbacks import _CallbackRunner
 from .direct import DirectRequests
 from .events import _Link, _LinkEvents, remote_error
+from .lookups import _RouterRequests
 from .loop import acquire as acquire_loop
 from .loop import release as release_loop
 from .task import _IDLE_TICK, _NOBLOCK, ServiceShutDown, Task, UnknownKeyword, _fmt_s
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
     from .keyword import Keyword
 
 
-class Engine(_LinkEvents):
+class Engine(_RouterRequests, _LinkEvents):
     """Everything one Service knows and owns, driven by the process's shared I/O loop.
 
     Methods whose names start with ``io_`` or ``_`` run on the loop thread
@@ -147,17 +146,6 @@ class Engine(_LinkEvents):
         task = Task(what, req, time.monotonic() + timeout)
         p = Pending(req, task, timeout, task.deadline, on_reply, link=link, explicit=explicit)
         self.post(lambda: self._send(p))
-        return task
-
-    def router_request(self, command: str, target: str = "", payload: Any = None, *,
-                       timeout: Optional[float] = None, description: str = "") -> Task:
-        """Ask every router at once from the I/O thread's DEALERs; the first good answer wins."""
-        timeout = self.router_timeout if timeout is None else float(timeout)
-        req = protocol.request(command, target, {} if payload is None else payload)
-        what = description or f"router {command} {target!r}"
-        task = Task(what, req, time.monotonic() + timeout)
-        p = Pending(req, task, timeout, task.deadline, lambda r: r.payload, link=ROUTER)
-        self.post(lambda: self._send_router(p))
         return task
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -277,22 +265,6 @@ class Engine(_LinkEvents):
         self._close(link.sub)
         link.sub = None
 
-    def _router_socket(self, address: str) -> zmq.Socket:
-        m = self.router_socks.get(address)
-        if m is None:
-            m = Monitored(self._socket(zmq.DEALER), HANDSHAKE_EVENTS)
-            if m.monitor is not None:
-                self._watch(m.monitor, lambda: self._on_router_monitor(address, m))
-            m.socket.connect(address)
-            self.router_socks[address] = m
-            self._watch(m.socket, lambda: self._on_router(address, m.socket))
-        return m.socket
-
-    def _reset_router(self, address: Optional[str] = None) -> None:
-        """Close the DEALER to one router (``address``), or to every router."""
-        for where in [address] if address is not None else list(self.router_socks):
-            self._close(self.router_socks.pop(where, None))
-
     # ---------------------------------------------------------------- links
     def io_add_links(self, entries: Iterable[Dict[str, Any]]) -> List[str]:
         """Connect to every dispatcher listed; returns the link keys."""
@@ -391,23 +363,6 @@ class Engine(_LinkEvents):
             p.task._fail(CauldronError(f"{p.task.description}: the send queue to "
                                        f"{link.describe()} is full"))
 
-    def _send_router(self, p: Pending) -> None:
-        """The same request to every router at once: the first good answer wins,
-        so a dead or hung router costs nothing while another one answers."""
-        self.pending.add(p, time.monotonic())
-        frames = protocol.encode_request(p.request)
-        for address in self.router_addresses:
-            try:
-                self._router_socket(address).send_multipart(frames, _NOBLOCK)
-            except zmq.Again:
-                self._reset_router(address)
-                continue
-            p.peers_left.add(address)
-        if not p.peers_left:
-            self.pending.pop(p.id)
-            p.task._fail(TimeoutError(f"{p.task.description}: cannot queue a request to "
-                                      f"{self.router_where}"))
-
     def _expire(self, p: Pending, now: float) -> None:
         link = self.links.get(p.link) if p.link else None
         if link is not None and keep_waiting(p, alive=link.alive, refused=link.refused):
@@ -432,18 +387,6 @@ class Engine(_LinkEvents):
         if link.last_reply < p.sent_at and link.dealer is not None:
             self._reset_dealer(link)
             link.start_relookup(time.monotonic(), self.config.router.enable)
-
-    def _expire_router(self, p: Pending) -> None:
-        for address in p.peers_left:          # Lazy Pirate: silent routers get new sockets
-            self._reset_router(address)
-        if p.refusal is not None:             # one refused, the others were silent
-            p.task._fail(p.refusal)
-            return
-        hints = [self.router_handshake_errors.get(a, "") for a in sorted(p.peers_left)]
-        p.task._fail(TimeoutError(
-            f"{p.task.description}: no answer from {self.router_where} "
-            f"within {_fmt_s(p.timeout)}; is the router running?"
-            + self._handshake_hint(next((h for h in hints if h), ""))))
 
     def io_timed_out(self, key: str, sent_at: float) -> None:
         """A direct (user-thread) request timed out: look the dispatcher up again if
@@ -495,60 +438,12 @@ class Engine(_LinkEvents):
         link.renewed()
         self._publish_alive()
 
-    def _on_router_monitor(self, address: str, m: Monitored) -> None:
-        for kind, text in self._handshake_events(m):
-            if kind == SUCCEEDED:
-                self.router_handshake_errors.pop(address, None)
-                continue
-            again = self.router_handshake_errors.get(address) == text
-            self.router_handshake_errors[address] = text
-            if kind != REFUSED:
-                continue
-            message = refused_message(f"the router at {address}", self.security)
-            self.log.log(logging.DEBUG if again else logging.WARNING, "%s", message)
-            for p in self.pending.waiting_on_router(address):
-                self._router_refused(p, address,
-                                     AuthenticationError(f"{p.task.description}: {message}"))
-            self._reset_router(address)   # the next request makes a new connection
-            return
-
     def _on_dealer(self, link: _Link, sock: zmq.Socket) -> None:
         for frames in drain(sock):
             back = link.heard(time.monotonic(), reply=True)
             if back is not None:
                 self._came_back(link, back)
             self._on_reply(protocol.decode_reply(frames, self.max_size), link.describe())
-
-    def _on_router(self, address: str, sock: zmq.Socket) -> None:
-        for frames in drain(sock):
-            self._on_router_reply(address, protocol.decode_reply(frames, self.max_size))
-        if not self.pending.any_router():
-            self._reset_router()   # off the data path: hold no connection between look-ups
-
-    def _on_router_reply(self, address: str,
-                         reply: Union[protocol.Reply, protocol.Malformed]) -> None:
-        """A good answer completes the request; a refusal waits for the other routers."""
-        peer = f"the router at {address}"
-        p = self.pending.get(reply.id)
-        if p is None or not p.router or (isinstance(reply, protocol.Reply) and
-                                         reply.status != protocol.ERROR):
-            self._on_reply(reply, peer)      # a good answer, or a late or stray one
-            return
-        if isinstance(reply, protocol.Malformed):
-            self.log.warning("malformed reply from %s: %s", peer, reply.message)
-            error: BaseException = CauldronError(f"{p.task.description}: malformed reply "
-                                                 f"from {peer}: {reply.message}")
-        else:
-            error = self._remote_error(p, reply.payload, peer)
-        self._router_refused(p, address, error)
-
-    def _router_refused(self, p: Pending, address: str, error: BaseException) -> None:
-        """Keep the most telling refusal (``not-found`` first); fail once all refused."""
-        p.peers_left.discard(address)
-        p.refusal = better_refusal(p.refusal, error)
-        if not p.peers_left:
-            self.pending.pop(p.id)
-            p.task._fail(p.refusal)
 
     def _on_reply(self, reply: Union[protocol.Reply, protocol.Malformed], peer: str) -> None:
         if isinstance(reply, protocol.Malformed):
