@@ -28,7 +28,7 @@ import zmq
 from .. import protocol
 from ..errors import CauldronError, DispatcherRestarted, TimeoutError
 from ..protocol.requests import Pending, keep_waiting
-from ..transport import make_socket
+from ..transport import make_socket, recv_frames, send_frames
 from .events import remote_error, silent_error
 from .task import ServiceShutDown, _fmt_s
 
@@ -104,7 +104,7 @@ class DirectRequests:
                 return None
             req = protocol.request(command, target, payload, raw=raw)
             try:
-                s.sock.send_multipart(protocol.encode_request(req), _NOBLOCK)
+                send_frames(s.sock, protocol.encode_request(req))
             except zmq.Again:
                 return None
             try:
@@ -156,7 +156,7 @@ class DirectRequests:
                 s.sock.setsockopt(_RCVTIMEO, wait_ms)
                 s.wait_ms = wait_ms
             try:
-                frames = s.sock.recv_multipart()
+                frames = recv_frames(s.sock)
             except zmq.Again:
                 continue
             reply = protocol.decode_reply(frames, engine.max_size)

@@ -37,14 +37,14 @@ from ..security import (
     handshake_event,
     refused_message,
 )
-from ..transport import MailboxClosed, Monitored, drain, make_socket
+from ..transport import send_frames, MailboxClosed, Monitored, drain, make_socket
 from .callbacks import _CallbackRunner
 from .direct import DirectRequests
 from .events import _Link, _LinkEvents, remote_error
 from .lookups import _RouterRequests
 from .loop import acquire as acquire_loop
 from .loop import release as release_loop
-from .task import _IDLE_TICK, _NOBLOCK, ServiceShutDown, Task, UnknownKeyword, _fmt_s
+from .task import _IDLE_TICK, ServiceShutDown, Task, UnknownKeyword, _fmt_s
 
 if TYPE_CHECKING:
     from .keyword import Keyword
@@ -357,7 +357,7 @@ class Engine(_RouterRequests, _LinkEvents):
         assert link.dealer is not None
         self.pending.add(p, time.monotonic())
         try:
-            link.dealer.socket.send_multipart(protocol.encode_request(p.request), _NOBLOCK)
+            send_frames(link.dealer.socket, protocol.encode_request(p.request))
         except zmq.Again:
             self.pending.pop(p.id)
             p.task._fail(CauldronError(f"{p.task.description}: the send queue to "

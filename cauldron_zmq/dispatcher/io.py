@@ -24,7 +24,7 @@ from ..errors import CauldronError
 from ..keywords import Keyword, Snapshot
 from ..security import frame_property
 from ..protocol.payloads import Heartbeat
-from ..transport import Mailbox, MailboxClosed, drain, make_socket
+from ..transport import send_frames, Mailbox, MailboxClosed, drain, make_socket
 from ..workers import QueueFull
 from . import handlers
 
@@ -401,7 +401,5 @@ class IOThread:
 
 
 def _send_frames(sock: zmq.Socket, frames: List[Any], copy: bool = True) -> None:
-    """send_multipart without blocking, with int flags (see _NB)."""
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        sock.send(frame, _NB_MORE if i < last else _NB, copy=copy)
+    """send_multipart without blocking (transport.send_frames: int flags, compiled send)."""
+    send_frames(sock, frames, copy=copy)
