@@ -1,0 +1,28 @@
+"""The asyncio client's tests run under pytest-asyncio, marked one module at a time
+(``pytestmark = pytest.mark.asyncio``): strict mode, so no other test is affected."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+import pytest
+
+
+async def _eventually(condition: Callable[[], Any], timeout: float = 5.0,
+                      message: str = "condition") -> Any:
+    """Poll ``condition`` on the loop (without blocking it) until true; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def eventually() -> Callable[..., Any]:
+    """``await eventually(condition, timeout, message)``: the loop keeps running meanwhile."""
+    return _eventually
