@@ -1,0 +1,121 @@
+"""The asyncio client through what happens at night: a dispatcher SIGKILLed and
+restarted under a running monitor, a dispatcher stopped (SIGSTOP) while calls
+wait; and nothing left running after ``async with`` (the dispatcher and router
+are child processes, so every thread of this process is the test's own)."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Iterator, List
+
+import pytest
+
+from cauldron_zmq import aio, errors
+from cauldron_zmq.testing import ServiceHarness
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
+
+KEYWORDS = """
+[keyword.COUNT]
+type = "integer"
+initial = 3
+
+[keyword.MODE]
+type = "enumerated"
+enumerators = ["OFF", "ON"]
+initial = "OFF"
+"""
+
+
+@pytest.fixture(scope="module")
+def keyword_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("keywords") / "artest.toml"
+    path.write_text(KEYWORDS, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def harness(keyword_file: Path) -> Iterator[ServiceHarness]:
+    with ServiceHarness(keyword_file, "artest", subprocess=True) as h:
+        yield h
+
+
+async def off_loop(fn: Any) -> Any:
+    """A blocking harness call (kill, start: they wait for the process) off the loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn)
+
+
+async def test_sigkill_and_restart_under_a_running_monitor(
+        harness: ServiceHarness, eventually: Any) -> None:
+    async with aio.Service("artest", config=harness.config) as svc:
+        count = svc["COUNT"]
+        seen: List[aio.Update] = []
+
+        async def watch() -> None:
+            async for update in count.monitor():
+                seen.append(update)
+        watcher = asyncio.ensure_future(watch())
+        await eventually(lambda: [u.ascii for u in seen] == ["3"], 5, "the current value")
+        assert await count.write(5) == "5"
+        await eventually(lambda: seen[-1].ascii == "5", 3, "the monitor seeing 5")
+
+        await off_loop(harness.kill_dispatcher)             # SIGKILL: no goodbye
+        await eventually(lambda: not count.connected, 5, "the silence noticed")
+        assert not svc.isAlive()
+        with pytest.raises(errors.TimeoutError):
+            await count.read(timeout=0.3)                     # down: a timeout, not a hang
+        await off_loop(harness.start_dispatcher)              # same ports (the router kept them)
+        await eventually(lambda: count.connected and seen[-1].ascii == "3", 10,
+                         "the restarted value, by a fresh read")
+        assert await count.write(8) == "8"                    # the next call just works
+        await eventually(lambda: seen[-1].ascii == "8", 3, "the monitor seeing 8")
+
+        await off_loop(harness.kill_dispatcher)               # again, back within liveness
+        await off_loop(harness.start_dispatcher)
+        await eventually(lambda: seen[-1].ascii == "3", 10, "re-read after a quick restart")
+        assert await count.write(10) == "10"
+        await eventually(lambda: seen[-1].ascii == "10", 3, "the monitor seeing 10")
+        values = [u.ascii for u in seen]
+        assert values[0] == "3" and values[-1] == "10"
+        assert values.count("5") == 1 and values.count("8") == 1   # each change once
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+    assert not count.monitored
+
+
+async def test_stopped_dispatcher_times_out_then_goes_silent(
+        harness: ServiceHarness, eventually: Any) -> None:
+    async with aio.Service("artest", config=harness.config, timeout=1.0) as svc:
+        count = svc["COUNT"]
+        await count.write(4)
+        harness.signal_dispatcher(signal.SIGSTOP)
+        try:
+            with pytest.raises(errors.TimeoutError) as info:
+                await count.read(timeout=0.3)
+            assert "artest.COUNT" in str(info.value) and "no answer" in str(info.value)
+            slow = count.write(6, timeout=20, wait=False)     # in flight when liveness expires
+            with pytest.raises(errors.DispatcherSilent, match="went silent"):
+                await slow
+            assert not svc.isAlive() and not count.connected
+            later = count.write(7, wait=False, timeout=10)    # sent while it is down
+        finally:
+            harness.signal_dispatcher(signal.SIGCONT)
+        assert await later == "7"
+        await eventually(svc.isAlive, 5, "heartbeats again")
+        assert await count.read() == "7"
+        assert len(svc._engine.pending) == 0
+
+
+async def test_no_thread_is_started(harness: ServiceHarness) -> None:
+    before = set(threading.enumerate())
+    async with aio.Service("artest", config=harness.config) as svc:
+        assert await svc["MODE"].write("ON") == "ON"
+        async for update in svc["MODE"].monitor():
+            assert update.ascii == "ON"
+            break
+        assert await asyncio.gather(*[svc["COUNT"].read() for _ in range(50)])
+        assert set(threading.enumerate()) == before      # only libzmq's own I/O thread
+    assert set(threading.enumerate()) == before
