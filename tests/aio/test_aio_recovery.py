@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any, Iterator, List
@@ -119,3 +120,64 @@ async def test_no_thread_is_started(harness: ServiceHarness) -> None:
         assert await asyncio.gather(*[svc["COUNT"].read() for _ in range(50)])
         assert set(threading.enumerate()) == before      # only libzmq's own I/O thread
     assert set(threading.enumerate()) == before
+
+
+async def test_router_killed_while_clients_work(harness: ServiceHarness,
+                                                eventually: Any) -> None:
+    async with aio.Service("artest", config=harness.config) as svc:
+        count, mode = svc["COUNT"], svc["MODE"]
+        updates = mode.monitor()
+        assert (await updates.__anext__()).ascii == "OFF"
+        harness.router.kill()
+        await off_loop(lambda: harness.router.wait(10))
+        harness.router = None
+        loop = asyncio.get_running_loop()
+        end, n = loop.time() + 1.5, 0                 # longer than liveness
+        while loop.time() < end:                      # connected clients keep working
+            n += 1
+            assert await count.write(n) == str(n)
+        assert svc.isAlive() and count.connected
+        assert await mode.write("ON") == "ON"
+        assert (await asyncio.wait_for(updates.__anext__(), 3)).ascii == "ON"
+        with pytest.raises(errors.TimeoutError) as info:   # only new look-ups fail, clearly
+            async with aio.Service("artest", config=harness.config):
+                pass
+        assert harness.config.router_address() in str(info.value)
+        await off_loop(harness.start_router)          # the dispatcher registers again
+        await eventually(lambda: harness._identify() is not None, 10, "registered again")
+        async with aio.Service("artest", config=harness.config) as again:
+            assert await again["COUNT"].read() == str(n)
+
+
+def _setup(svc: Any) -> None:
+    from cauldron_zmq import DFW
+    DFW.Integer("A", svc, initial=1)
+
+
+async def test_dispatcher_moved_to_other_ports(eventually: Any) -> None:
+    with ServiceHarness(_setup, "amove") as h:
+        async with aio.Service("amove", config=h.config) as svc:
+            a = svc["A"]
+            seen: List[str] = []
+
+            async def watch() -> None:
+                async for update in a.monitor():
+                    seen.append(update.ascii or "")
+            watcher = asyncio.ensure_future(watch())
+            await eventually(lambda: seen == ["1"], 5, "the current value")
+            old = svc.dispatchers()[0]["address"]
+            old_port = int(old.rsplit(":", 1)[1])
+            await off_loop(h.stop_dispatcher)
+            with socket.socket() as blocker:          # a foreign process takes the old port
+                blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                blocker.bind(("127.0.0.1", old_port))
+                blocker.listen(1)
+                await off_loop(h.start_dispatcher)    # so the router hands out another pair
+                assert not h.dispatcher.address["dispatch"].endswith(f":{old_port}")
+                await eventually(lambda: svc.dispatchers()[0]["address"] != old, 10,
+                                 "the client finding the new address")
+                assert await a.write(5) == "5"
+                h.dispatcher["A"].set(6)
+                await eventually(lambda: seen[-1:] == ["6"], 5, "broadcasts from the new port")
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
