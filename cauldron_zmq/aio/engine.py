@@ -27,7 +27,8 @@ from .. import protocol
 from ..config import Config
 from ..errors import AuthenticationError, CauldronError, RemoteError
 from ..protocol.links import DOWN, RELOOKUP, REPAIR, link_key
-from ..protocol.requests import ROUTER, Pending, RequestTable, better_refusal, keep_waiting
+from ..protocol.requests import (EXTEND, ROUTER, UNANSWERED, Pending, RequestTable,
+                                 better_refusal, expiry)
 from ..security import HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security, handshake_event
 from ..security import refused_message
 from ..transport import make_socket
@@ -299,14 +300,15 @@ class Engine(LinkEvents):
                                        "retrying a failed re-read")
 
     def _expire(self, p: Pending, now: float) -> None:
-        link = self.links.get(p.link) if p.link and not p.router else None
-        if link is not None and keep_waiting(p, alive=link.alive, refused=link.refused):
-            self.pending.extend(p, now + link.liveness())     # a slow write waits on
-            return
         if p.router:
             self._expire_router(p)
             return
+        link = self.links.get(p.link) if p.link else None
         assert link is not None
+        fate = expiry(p, alive=link.alive, refused=link.refused, last_reply=link.last_reply)
+        if fate == EXTEND:
+            self.pending.extend(p, now + link.liveness())     # a slow write waits on
+            return
         if p.acked:
             p.task.finish(error=TimeoutError(
                 f"{p.task.description}: {link.describe()} acknowledged the request but did "
@@ -315,7 +317,7 @@ class Engine(LinkEvents):
         p.task.finish(error=TimeoutError(
             f"{p.task.description}: no answer from {link.describe()} within "
             f"{_fmt_s(p.timeout)}" + self._handshake_hint(link.handshake_error)))
-        if link.last_reply < p.sent_at and link.dealer is not None:
+        if fate == UNANSWERED and link.dealer is not None:
             self._reset_dealer(link)          # Lazy Pirate
             link.start_relookup(now, self.config.router.enable)
 
@@ -506,4 +508,4 @@ class Engine(LinkEvents):
         ended, self._ended = self._ended, []
         if ended:
             await asyncio.gather(*ended, return_exceptions=True)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)     # every socket is closed already: this only terms
