@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 import zmq
 import zmq.asyncio
@@ -287,6 +287,8 @@ class Engine(LinkEvents):
         return due
 
     def _run_timers(self, now: float) -> None:
+        self._catch_up()
+        now = self.now()
         for p in self.pending.due(now):
             self._expire(p, now)
         for link in list(self.links.values()):
@@ -298,6 +300,23 @@ class Engine(LinkEvents):
                 elif action == REPAIR:
                     self._repair_reads(link, link.repair.due(now, self._tracked_names(link)),
                                        "retrying a failed re-read")
+
+    def _catch_up(self) -> None:
+        """Take in what the sockets hold before deciding anything by the clock.
+
+        A timer and a socket that became readable in the same loop iteration
+        run timer first (a reader's future resolves one callback later), and
+        a program that blocked its loop for a while wakes with both due: a
+        reply or heartbeat waiting to be read must not be taken for silence.
+        """
+        for link in list(self.links.values()):
+            for pumped, handle in ((link.dealer, self._on_dealer), (link.sub, self._on_sub)):
+                if pumped is not None:
+                    for frames in _ready(pumped.socket):
+                        handle(link, frames)
+        for address, pumped in list(self.router_socks.items()):
+            for frames in _ready(pumped.socket):
+                self._on_router(address, frames)
 
     def _expire(self, p: Pending, now: float) -> None:
         if p.router:
@@ -509,3 +528,13 @@ class Engine(LinkEvents):
         if ended:
             await asyncio.gather(*ended, return_exceptions=True)
         self.ctx.destroy(linger=0)     # every socket is closed already: this only terms
+
+
+def _ready(sock: zmq.asyncio.Socket) -> Iterator[List[Any]]:
+    """The messages ``sock`` holds now, without waiting (a non-blocking receive
+    resolves at once in zmq.asyncio, ahead of the reader task's pending one)."""
+    while not sock.closed and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        try:
+            yield sock.recv_multipart(flags=zmq.NOBLOCK).result()
+        except zmq.Again:
+            return

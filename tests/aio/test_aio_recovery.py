@@ -8,6 +8,7 @@ import asyncio
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator, List
 
@@ -181,3 +182,15 @@ async def test_dispatcher_moved_to_other_ports(eventually: Any) -> None:
                 await eventually(lambda: seen[-1:] == ["6"], 5, "broadcasts from the new port")
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def test_a_blocked_loop_is_not_taken_for_a_silent_dispatcher(
+        harness: ServiceHarness) -> None:
+    """A program that blocks its loop longer than liveness (here 1.5 s) wakes with
+    heartbeats waiting in the socket and its timer due: the heartbeats win."""
+    async with aio.Service("artest", config=harness.config) as svc:
+        count = svc["COUNT"]
+        slow = count.read(wait=False, timeout=5)
+        time.sleep(1.5 * harness.config.zmq.liveness)       # the whole loop stops
+        assert await slow == "3"
+        assert count.connected and svc.isAlive()
