@@ -275,3 +275,32 @@ async def test_wait_for_expressions(harness: ServiceHarness) -> None:
         with pytest.raises(aio.UnknownKeyword):
             await aio.wait_for(f"${SERVICE}.NOPE == 1")
         assert svc["COUNT"]._watchers == 0 and not svc["COUNT"]._listeners
+
+
+def _counter(svc: Any) -> None:
+    DFW.Integer("N", svc, initial=0)
+
+
+async def test_lost_broadcasts_are_repaired_and_the_last_value_arrives(
+        eventually: Any) -> None:
+    """High-water marks of 10 messages and a flood of 3,000 changes while the loop is
+    busy: broadcasts are lost (a gseq gap), the keyword is read afresh, and the
+    monitor still ends on the final value, in order."""
+    with ServiceHarness(_counter, "agap", config={"zmq": {"hwm": 10}}) as h:
+        async with aio.Service("agap", config=h.config) as svc:
+            seen: List[int] = []
+            updates = svc["N"].monitor()
+            seen.append((await updates.__anext__()).value)
+            for n in range(1, 3001):                  # the loop is blocked meanwhile
+                h.dispatcher["N"].set(n)
+
+            async def consume() -> None:
+                async for update in updates:
+                    seen.append(update.value)
+                    if update.value == 3000:
+                        return
+            await asyncio.wait_for(consume(), 10)
+            assert seen[0] == 0 and seen[-1] == 3000
+            assert seen == sorted(set(seen))          # in order, each change once
+            assert len(seen) < 3001                   # some were lost...
+            await eventually(lambda: svc.dispatchers()[0]["in_sync"], 5, "repaired")
