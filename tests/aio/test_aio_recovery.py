@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -15,7 +18,10 @@ from typing import Any, Iterator, List
 import pytest
 
 from cauldron_zmq import aio, errors
-from cauldron_zmq.testing import ServiceHarness
+from cauldron_zmq.config import load_config
+from cauldron_zmq.router import Router
+from cauldron_zmq.testing import (ServiceHarness, child_env, identify_pid, wait_until,
+                                  write_test_config)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
@@ -194,3 +200,62 @@ async def test_a_blocked_loop_is_not_taken_for_a_silent_dispatcher(
         time.sleep(1.5 * harness.config.zmq.liveness)       # the whole loop stops
         assert await slow == "3"
         assert count.connected and svc.isAlive()
+
+
+SLOW_DISPATCHER = textwrap.dedent('''
+    import sys, threading
+    from cauldron_zmq import DFW
+
+    class Slow(DFW.Integer):
+        def write(self, value):              # a long move: hangs until killed
+            threading.Event().wait(60)
+
+    def setup(s):
+        Slow("SLOW", s, initial=0)
+
+    DFW.Service("arestart", sys.argv[1], setup=setup).serve_forever()
+''')
+
+
+async def test_acknowledged_write_fails_when_its_dispatcher_restarts(
+        tmp_path: Path, eventually: Any) -> None:
+    """The restarted dispatcher cannot answer what the killed one acknowledged: the
+    write fails at once (DispatcherRestarted, or DispatcherSilent if the restart took
+    longer than liveness), not at the end of its 60 s."""
+    config_path = write_test_config(tmp_path, overrides={"zmq": {"liveness": 3.0}})
+    cfg = load_config(config_path)
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_DISPATCHER, encoding="utf-8")
+    router = Router(cfg).start()
+    procs: List[subprocess.Popen] = []
+
+    def spawn() -> None:
+        proc = subprocess.Popen([sys.executable, str(script), str(config_path)],
+                                env=child_env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        wait_until(lambda: identify_pid(cfg, "arestart") == proc.pid, 20, 0.02,
+                   "the dispatcher serving")
+    try:
+        await off_loop(spawn)
+        async with aio.Service("arestart", config=cfg, timeout=60) as svc:
+            engine = svc._engine
+            await eventually(lambda: all(lk.started for lk in engine.links.values()), 5,
+                             "a heartbeat of the first dispatcher")
+            write = svc["SLOW"].write(5, wait=False)
+            await eventually(lambda: any(p.acked for p in engine.pending), 10,
+                             "the write acknowledged")
+            procs[0].kill()
+            await off_loop(lambda: procs[0].wait(10))
+            await off_loop(spawn)
+            with pytest.raises((errors.DispatcherRestarted, errors.DispatcherSilent)) as info:
+                await asyncio.wait_for(write, 10)
+            assert "may or may not have been applied" in str(info.value)
+            assert await svc["SLOW"].read() == "0"            # it was not
+            assert len(engine.pending) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        router.stop()
