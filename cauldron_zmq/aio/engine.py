@@ -27,8 +27,7 @@ from .. import protocol
 from ..config import Config
 from ..errors import AuthenticationError, CauldronError, RemoteError
 from ..protocol.links import DOWN, RELOOKUP, REPAIR, link_key
-from ..protocol.requests import (EXTEND, ROUTER, UNANSWERED, Pending, RequestTable,
-                                 better_refusal, expiry)
+from ..protocol.requests import EXTEND, UNANSWERED, Pending, RequestTable, expiry
 from ..security import HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security, handshake_event
 from ..security import refused_message
 from ..transport import make_socket
@@ -37,6 +36,7 @@ from ..client.events import remote_error
 from ..client.task import ServiceShutDown, UnknownKeyword, _fmt_s
 from .errors import TimeoutError
 from .events import LinkEvents
+from .routers import RouterRequests
 from .link import Link, Pumped
 
 __all__ = ["Engine", "Call"]
@@ -73,7 +73,7 @@ class Call:
             self.future.set_result(result)
 
 
-class Engine(LinkEvents):
+class Engine(LinkEvents, RouterRequests):
     """The sockets, links and requests of one :class:`~cauldron_zmq.aio.Service`."""
 
     def __init__(self, service: str, config: Config, timeout: float,
@@ -113,17 +113,6 @@ class Engine(LinkEvents):
         call, p = self._pending(command, target, payload, raw, link, timeout, on_reply,
                                 description, explicit)
         self._send(p)
-        return call.future
-
-    def router_request(self, command: str, target: str = "", payload: Any = None, *,
-                       timeout: Optional[float] = None,
-                       description: str = "") -> "asyncio.Future[Any]":
-        """Ask every router at once; the first good answer wins (its payload)."""
-        timeout = self.router_timeout if timeout is None else timeout
-        call, p = self._pending(command, target, payload, None, ROUTER, timeout,
-                                lambda r: r.payload,
-                                description or f"router {command} {target!r}", True)
-        self._send_router(p)
         return call.future
 
     def _pending(self, command: str, target: str, payload: Any, raw: Optional[bytes],
@@ -181,21 +170,6 @@ class Engine(LinkEvents):
         if self.pending.pop(p.id) is not None:
             p.task.finish(error=CauldronError(f"{p.task.description}: cannot send: {exc}"))
 
-    def _send_router(self, p: Pending) -> None:
-        """The same request to every router at once: a dead one costs nothing."""
-        self.pending.add(p, self.now())
-        self._kick(p.deadline)
-        frames = protocol.encode_request(p.request)
-        for address in self.router_addresses:
-            sent = self._router_socket(address).send_multipart(frames)
-            if sent.done() and sent.exception() is not None:
-                continue
-            p.peers_left.add(address)
-        if not p.peers_left:
-            self.pending.pop(p.id)
-            p.task.finish(error=TimeoutError(f"{p.task.description}: cannot queue a request "
-                                             f"to {self.router_where}"))
-
     # --------------------------------------------------------------- replies
     def _on_dealer(self, link: Link, frames: List[Any]) -> None:
         back = link.heard(self.now(), reply=True)
@@ -231,29 +205,6 @@ class Engine(LinkEvents):
 
     def _remote_error(self, p: Pending, err: Any, peer: str) -> RemoteError:
         return remote_error(self.service, p.request.target, err, peer, router=p.router)
-
-    def _on_router(self, address: str, frames: List[Any]) -> None:
-        reply = protocol.decode_reply(frames, self.max_size)
-        peer = f"the router at {address}"
-        p = self.pending.get(reply.id)
-        if p is None or not p.router or (isinstance(reply, protocol.Reply) and
-                                         reply.status != protocol.ERROR):
-            self._on_reply(reply, peer)      # a good answer, or a late or stray one
-        elif isinstance(reply, protocol.Malformed):
-            self._router_refused(p, address, CauldronError(
-                f"{p.task.description}: malformed reply from {peer}: {reply.message}"))
-        else:
-            self._router_refused(p, address, self._remote_error(p, reply.payload, peer))
-        if not self.pending.any_router():    # off the data path between look-ups
-            self.loop.call_soon(self._close_idle_routers)
-
-    def _router_refused(self, p: Pending, address: str, error: BaseException) -> None:
-        """Keep the most telling refusal (``not-found`` first); fail once all refused."""
-        p.peers_left.discard(address)
-        p.refusal = better_refusal(p.refusal, error)
-        if not p.peers_left:
-            self.pending.pop(p.id)
-            p.task.finish(error=p.refusal)
 
     # -------------------------------------------------------------- timeouts
     def _kick(self, when: float) -> None:
@@ -340,18 +291,6 @@ class Engine(LinkEvents):
             self._reset_dealer(link)          # Lazy Pirate
             link.start_relookup(now, self.config.router.enable)
 
-    def _expire_router(self, p: Pending) -> None:
-        for address in p.peers_left:          # silent routers get new sockets
-            self._reset_router(address)
-        if p.refusal is not None:
-            p.task.finish(error=p.refusal)
-            return
-        hints = [self.router_handshake_errors.get(a, "") for a in sorted(p.peers_left)]
-        p.task.finish(error=TimeoutError(
-            f"{p.task.description}: no answer from {self.router_where} within "
-            f"{_fmt_s(p.timeout)}; is the router running?"
-            + self._handshake_hint(next((h for h in hints if h), ""))))
-
     def _handshake_hint(self, error: str) -> str:
         if error:
             return f" (the last connection attempt failed its handshake: {error})"
@@ -381,22 +320,6 @@ class Engine(LinkEvents):
         self._close_link_sockets(link)
         self._open_link_sockets(link)
         link.renewed()
-
-    def _on_router_event(self, address: str, event: Dict[str, Any]) -> None:
-        kind, text = handshake_event(event, self.security is not None)
-        if kind == SUCCEEDED:
-            self.router_handshake_errors.pop(address, None)
-        if kind in ("", SUCCEEDED):
-            return
-        self.router_handshake_errors[address] = text
-        if kind != REFUSED:
-            return
-        message = refused_message(f"the router at {address}", self.security)
-        self.log.warning("%s", message)
-        for p in self.pending.waiting_on_router(address):
-            self._router_refused(p, address,
-                                 AuthenticationError(f"{p.task.description}: {message}"))
-        self.loop.call_soon(self._reset_router, address)
 
     # --------------------------------------------------------------- sockets
     def _socket(self, kind: int) -> zmq.asyncio.Socket:
@@ -442,24 +365,6 @@ class Engine(LinkEvents):
     def _resend_unacked(self, link: Link) -> None:
         for p in self.pending.on_link(link.key, acked=False):    # a copy: sends may fail
             self._transmit(p, link)
-
-    def _router_socket(self, address: str) -> zmq.asyncio.Socket:
-        pumped = self.router_socks.get(address)
-        if pumped is None:
-            pumped = Pumped(self._socket(zmq.DEALER), HANDSHAKE_EVENTS,
-                            lambda frames: self._on_router(address, frames),
-                            lambda event: self._on_router_event(address, event))
-            pumped.socket.connect(address)
-            self.router_socks[address] = pumped
-        return pumped.socket
-
-    def _reset_router(self, address: Optional[str] = None) -> None:
-        for where in [address] if address is not None else list(self.router_socks):
-            self._retire(self.router_socks.pop(where, None))
-
-    def _close_idle_routers(self) -> None:
-        if not self.pending.any_router():
-            self._reset_router()
 
     # ----------------------------------------------------------------- links
     def add_links(self, entries: Iterable[Dict[str, Any]]) -> List[str]:
