@@ -37,7 +37,7 @@ from ..client.task import ServiceShutDown, UnknownKeyword, _fmt_s
 from .errors import TimeoutError
 from .events import LinkEvents
 from .routers import RouterRequests
-from .link import Link, Pumped
+from .link import Channel, Link, Pumped
 
 __all__ = ["Engine", "Call"]
 
@@ -55,7 +55,7 @@ class Call:
     def __init__(self, future: "asyncio.Future[Any]", description: Description) -> None:
         self.future = future
         self._description = description
-        self.send: Optional["asyncio.Future[Any]"] = None    # a send still queued
+        self.send: Optional[List[Any]] = None    # its outbox entry, while a send waits
 
     @property
     def description(self) -> str:
@@ -63,8 +63,9 @@ class Call:
         return d() if callable(d) else d
 
     def finish(self, result: Any = None, error: Optional[BaseException] = None) -> None:
-        if self.send is not None and not self.send.done():
-            self.send.cancel()          # never sent: it must not go out later
+        if self.send is not None:
+            self.send[1] = False        # never sent: it must not go out later
+            self.send = None
         if self.future.done():
             return
         if error is not None:
@@ -157,18 +158,7 @@ class Engine(LinkEvents, RouterRequests):
         self.pending.add(p, self.now())
         if p.deadline < self._timer_at:
             self._kick(p.deadline)
-        sent = link.dealer.socket.send_multipart(protocol.encode_request(p.request))
-        if sent.done():
-            if not sent.cancelled() and sent.exception() is not None:
-                self._send_failed(p, sent.exception())
-            return
-        p.task.send = sent            # the send queue is full: back-pressure, not failure
-        sent.add_done_callback(lambda f: not f.cancelled() and f.exception() is not None
-                               and self._send_failed(p, f.exception()))
-
-    def _send_failed(self, p: Pending, exc: Optional[BaseException]) -> None:
-        if self.pending.pop(p.id) is not None:
-            p.task.finish(error=CauldronError(f"{p.task.description}: cannot send: {exc}"))
+        p.task.send = link.dealer.send(protocol.encode_request(p.request))
 
     # --------------------------------------------------------------- replies
     def _on_dealer(self, link: Link, frames: List[Any]) -> None:
@@ -261,10 +251,9 @@ class Engine(LinkEvents, RouterRequests):
         reply or heartbeat waiting to be read must not be taken for silence.
         """
         for link in list(self.links.values()):
-            for pumped, handle in ((link.dealer, self._on_dealer), (link.sub, self._on_sub)):
-                if pumped is not None:
-                    for frames in _ready(pumped.socket):
-                        handle(link, frames)
+            for channel in (link.dealer, link.sub):
+                if channel is not None:
+                    channel.ready()
         for address, pumped in list(self.router_socks.items()):
             for frames in _ready(pumped.socket):
                 self._on_router(address, frames)
@@ -326,13 +315,13 @@ class Engine(LinkEvents, RouterRequests):
         return make_socket(self.ctx, kind, max_size=self.max_size, security=self.security,
                            reconnect=True)
 
-    def _retire(self, pumped: Optional[Pumped]) -> None:
+    def _retire(self, pumped: Union[Pumped, Channel, None]) -> None:
         if pumped is not None:
             self._ended = [t for t in self._ended if not t.done()] + pumped.close()
 
     def _open_dealer(self, link: Link) -> None:
         events = HANDSHAKE_EVENTS if self.security is not None else 0
-        link.dealer = Pumped(self._socket(zmq.DEALER), events,
+        link.dealer = Channel(self.loop, self._socket(zmq.DEALER), events,
                              lambda frames: self._on_dealer(link, frames),
                              lambda event: self._on_dealer_event(link, event))
         link.dealer.socket.connect(link.dispatch_address)
@@ -341,7 +330,7 @@ class Engine(LinkEvents, RouterRequests):
         sock = self._socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, self.config.zmq.hwm)
         sock.setsockopt(zmq.SUBSCRIBE, protocol.service_prefix(self.service))
-        link.sub = Pumped(sock, _EVENT_CONNECTED | HANDSHAKE_EVENTS,
+        link.sub = Channel(self.loop, sock, _EVENT_CONNECTED | HANDSHAKE_EVENTS,
                           lambda frames: self._on_sub(link, frames),
                           lambda event: self._on_sub_event(link, event))
         sock.connect(link.broadcast_address)
