@@ -1,9 +1,12 @@
 """One asyncio Service's engine: its requests in flight, its sockets, its one timer.
 
-Everything runs on the event loop that opened the Service, between two awaits:
-socket readers (:func:`.link.pump` tasks) hand each message to a plain method
+Everything runs on the event loop that opened the Service, between two awaits.
+Each dispatcher's DEALER and SUB are :class:`~.link.Channel` objects read by
+the loop's reader on their ``ZMQ_FD``; monitor and router sockets are read by
+:func:`~.link.pump` tasks.  Either way each message reaches a plain method
 here, which asks the shared protocol objects what it means
-(:class:`~cauldron_zmq.protocol.requests.RequestTable`,
+(:class:`~cauldron_zmq.protocol.requests.RequestTable` and
+:func:`~cauldron_zmq.protocol.requests.expiry`,
 :class:`~cauldron_zmq.protocol.links.LinkState`) and carries it out.  Time is
 the loop's clock (``loop.time()``), handed to those objects as ``now``; every
 deadline, liveness check, re-look-up and repair retry is one ``call_at``
@@ -11,7 +14,7 @@ timer, moved earlier when a new request needs it.
 
 A request's caller awaits an ``asyncio.Future``.  Cancelling it (directly, by
 ``asyncio.wait_for`` or by cancelling the awaiting task) takes the request
-out of the table at once and cancels a send still queued, so a late reply
+out of the table at once and withdraws a send still queued, so a late reply
 finds no entry and is dropped by its id: nothing is misattributed.
 """
 from __future__ import annotations
@@ -245,10 +248,10 @@ class Engine(LinkEvents, RouterRequests):
     def _catch_up(self) -> None:
         """Take in what the sockets hold before deciding anything by the clock.
 
-        A timer and a socket that became readable in the same loop iteration
-        run timer first (a reader's future resolves one callback later), and
-        a program that blocked its loop for a while wakes with both due: a
-        reply or heartbeat waiting to be read must not be taken for silence.
+        A program that blocked its loop for a while wakes with its timer due
+        and messages waiting (and a router socket's future resolves one
+        callback after the timer that shares its iteration): a reply or
+        heartbeat waiting to be read must not be taken for silence.
         """
         for link in list(self.links.values()):
             for channel in (link.dealer, link.sub):

@@ -1,11 +1,13 @@
-"""One dispatcher as the asyncio client sees it, and the task that reads a socket.
+"""One dispatcher as the asyncio client sees it, and how its sockets are read.
 
 The link's *state* is :class:`~cauldron_zmq.protocol.links.LinkState` (pure,
-shared with the threaded client); this module adds its two ``zmq.asyncio``
-sockets and names it in messages.  :func:`pump` is the one way the asyncio
-client reads a socket: a task awaiting ``recv_multipart`` and handing each
-message to a plain function, so every protocol decision runs synchronously
-between two awaits and nothing can interleave with it.
+shared with the threaded client); this module adds its two sockets and names
+it in messages.  The data path (each dispatcher's DEALER and SUB) is a
+:class:`Channel`, read by the loop's reader on ``ZMQ_FD``; monitor and router
+sockets, off the data path, are read by :func:`pump` tasks awaiting
+``zmq.asyncio`` receives.  Either way every message reaches a plain function,
+so every protocol decision runs synchronously between two awaits and nothing
+can interleave with it.
 """
 from __future__ import annotations
 
