@@ -304,3 +304,16 @@ async def test_lost_broadcasts_are_repaired_and_the_last_value_arrives(
             assert seen == sorted(set(seen))          # in order, each change once
             assert len(seen) < 3001                   # some were lost...
             await eventually(lambda: svc.dispatchers()[0]["in_sync"], 5, "repaired")
+
+
+async def test_a_slow_write_without_a_deadline_waits_on(harness: ServiceHarness,
+                                                        gate: threading.Event) -> None:
+    """No timeout from the caller (only [zmq] timeout, 2 s): an acknowledged write
+    waits past it while the dispatcher keeps its heartbeats, as in ktl."""
+    async with service(harness) as svc:
+        before = int(await svc["SLOW"].read())
+        loop = asyncio.get_running_loop()
+        loop.call_later(1.5 * svc.timeout, gate.set)
+        start = loop.time()
+        assert await svc["SLOW"].write(before + 1) == str(before + 1)
+        assert loop.time() - start >= svc.timeout
