@@ -36,6 +36,17 @@ def setup(svc: Any) -> None:
     DFW.Integer("HEATER", svc, initial=0, write=_unplugged)
     DFW.Integer("RO", svc, initial=7, readonly=True)
     DFW.DoubleArray("ARR", svc, initial=[1.0, 2.5])
+    DFW.Integer("LAZY", svc, initial=0, read=_lazy_read)
+
+
+READS = {"n": 0}
+
+
+def _lazy_read() -> int:
+    """LAZY's read hook: waits for GATE (a slow read), then counts."""
+    GATE.wait(10)
+    READS["n"] += 1
+    return READS["n"]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +70,8 @@ def service(harness: ServiceHarness, **kwargs: Any) -> aio.Service:
 
 async def test_connect_describe_and_read(harness: ServiceHarness) -> None:
     async with service(harness) as svc:
-        assert svc.keywords() == ["ARR", "COUNT", "HEATER", "MODE", "PICKY", "RO", "SLOW",
-                                  "TEMP"]
+        assert svc.keywords() == ["ARR", "COUNT", "HEATER", "LAZY", "MODE", "PICKY", "RO",
+                                  "SLOW", "TEMP"]
         temp = svc["temp"]
         assert temp is svc["TEMP"] and "temp" in svc and "NOPE" not in svc
         assert temp.units == "degC" and temp.value == 20.0    # described on entry
@@ -224,6 +235,23 @@ async def test_cancelled_slow_write_leaves_nothing_behind(
         assert len(engine.pending) == 0
         gate.set()
         assert await svc["COUNT"].read() is not None
+
+
+async def test_cancelled_slow_read_and_its_late_reply(
+        harness: ServiceHarness, gate: threading.Event, eventually: Any) -> None:
+    async with service(harness, timeout=5) as svc:
+        lazy, engine = svc["LAZY"], svc._engine
+        reader = asyncio.ensure_future(lazy.read())
+        await eventually(lambda: len(engine.pending) == 1, 5, "the read sent")
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        assert len(engine.pending) == 0
+        before = READS["n"]
+        gate.set()                                  # the hook ends: its late reply is dropped
+        await eventually(lambda: READS["n"] == before + 1, 5, "the cancelled read's hook")
+        assert await lazy.read() == str(before + 2)   # this read's own answer, not the late one
+        assert len(engine.pending) == 0
 
 
 async def test_timeouts_are_cauldron_and_asyncio_timeouts(
