@@ -156,7 +156,7 @@ class Engine(LinkEvents, RouterRequests):
                                                       list(self.owner)))
 
     def _transmit(self, p: Pending, link: Link) -> None:
-        """Send on the link's DEALER: at once, or queued by pyzmq behind earlier sends."""
+        """Send on the link's DEALER: at once, or queued in its outbox behind earlier sends."""
         assert link.dealer is not None
         self.pending.add(p, self.now())
         if p.deadline < self._timer_at:
