@@ -4,7 +4,7 @@ and a withdrawn send never goes out."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, List
+from typing import List
 
 import pytest
 import zmq
@@ -13,10 +13,12 @@ import zmq.asyncio
 from cauldron_zmq.aio.link import Channel
 from cauldron_zmq.testing import free_port
 
+from aio_support import eventually
+
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
 
-async def test_queued_sends_go_out_in_order_and_withdrawn_ones_never(eventually: Any) -> None:
+async def test_queued_sends_go_out_in_order_and_withdrawn_ones_never() -> None:
     ctx = zmq.asyncio.Context()
     port = free_port()
     router = ctx.socket(zmq.ROUTER)

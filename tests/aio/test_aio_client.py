@@ -12,6 +12,8 @@ import pytest
 from cauldron_zmq import DFW, aio, errors, ktl
 from cauldron_zmq.testing import ServiceHarness
 
+from aio_support import eventually
+
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 SERVICE = "atest"
@@ -212,7 +214,7 @@ async def test_monitor_ends_when_the_service_closes(harness: ServiceHarness) -> 
 # ------------------------------------------------------------ cancellation
 
 async def test_cancelled_slow_write_leaves_nothing_behind(
-        harness: ServiceHarness, gate: threading.Event, eventually: Any) -> None:
+        harness: ServiceHarness, gate: threading.Event) -> None:
     async with service(harness, timeout=5) as svc:
         slow, engine = svc["SLOW"], svc._engine
         before = await slow.read()
@@ -238,7 +240,7 @@ async def test_cancelled_slow_write_leaves_nothing_behind(
 
 
 async def test_cancelled_slow_read_and_its_late_reply(
-        harness: ServiceHarness, gate: threading.Event, eventually: Any) -> None:
+        harness: ServiceHarness, gate: threading.Event) -> None:
     async with service(harness, timeout=5) as svc:
         lazy, engine = svc["LAZY"], svc._engine
         reader = asyncio.ensure_future(lazy.read())
@@ -309,8 +311,7 @@ def _counter(svc: Any) -> None:
     DFW.Integer("N", svc, initial=0)
 
 
-async def test_lost_broadcasts_are_repaired_and_the_last_value_arrives(
-        eventually: Any) -> None:
+async def test_lost_broadcasts_are_repaired_and_the_last_value_arrives() -> None:
     """High-water marks of 10 messages and a flood of 3,000 changes while the loop is
     busy: broadcasts are lost (a gseq gap), the keyword is read afresh, and the
     monitor still ends on the final value, in order."""

@@ -23,6 +23,8 @@ from cauldron_zmq.router import Router
 from cauldron_zmq.testing import (ServiceHarness, child_env, identify_pid, wait_until,
                                   write_test_config)
 
+from aio_support import eventually
+
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
 KEYWORDS = """
@@ -56,7 +58,7 @@ async def off_loop(fn: Any) -> Any:
 
 
 async def test_sigkill_and_restart_under_a_running_monitor(
-        harness: ServiceHarness, eventually: Any) -> None:
+        harness: ServiceHarness) -> None:
     async with aio.Service("artest", config=harness.config) as svc:
         count = svc["COUNT"]
         seen: List[aio.Update] = []
@@ -95,7 +97,7 @@ async def test_sigkill_and_restart_under_a_running_monitor(
 
 
 async def test_stopped_dispatcher_times_out_then_goes_silent(
-        harness: ServiceHarness, eventually: Any) -> None:
+        harness: ServiceHarness) -> None:
     async with aio.Service("artest", config=harness.config, timeout=1.0) as svc:
         count = svc["COUNT"]
         await count.write(4)
@@ -129,8 +131,7 @@ async def test_no_thread_is_started(harness: ServiceHarness) -> None:
     assert set(threading.enumerate()) == before
 
 
-async def test_router_killed_while_clients_work(harness: ServiceHarness,
-                                                eventually: Any) -> None:
+async def test_router_killed_while_clients_work(harness: ServiceHarness) -> None:
     async with aio.Service("artest", config=harness.config) as svc:
         count, mode = svc["COUNT"], svc["MODE"]
         updates = mode.monitor()
@@ -161,7 +162,7 @@ def _setup(svc: Any) -> None:
     DFW.Integer("A", svc, initial=1)
 
 
-async def test_dispatcher_moved_to_other_ports(eventually: Any) -> None:
+async def test_dispatcher_moved_to_other_ports() -> None:
     with ServiceHarness(_setup, "amove") as h:
         async with aio.Service("amove", config=h.config) as svc:
             a = svc["A"]
@@ -218,7 +219,7 @@ SLOW_DISPATCHER = textwrap.dedent('''
 
 
 async def test_acknowledged_write_fails_when_its_dispatcher_restarts(
-        tmp_path: Path, eventually: Any) -> None:
+        tmp_path: Path) -> None:
     """The restarted dispatcher cannot answer what the killed one acknowledged: the
     write fails at once (DispatcherRestarted, or DispatcherSilent if the restart took
     longer than liveness), not at the end of its 60 s."""
