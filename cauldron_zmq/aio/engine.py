@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
+from typing import (Any, Awaitable, Callable, Dict, Iterable, Iterator, List, Optional, Set,
+                    Union)
 
 import zmq
 import zmq.asyncio
@@ -101,6 +102,9 @@ class Engine(LinkEvents, RouterRequests):
         self.kwobjs: Dict[str, Any] = {}              # KEYWORD -> aio Keyword
         self.router_socks: Dict[str, Pumped] = {}
         self.router_handshake_errors: Dict[str, str] = {}
+        #: How a new dispatcher's keywords are learnt (the Service sets it: list, describe).
+        self.learn: Callable[[str], Awaitable[Any]] = self._list_only
+        self._learning: Set["asyncio.Future[Any]"] = set()
         self.closed = False
         self._ended: List["asyncio.Future[Any]"] = []   # reader tasks of closed sockets
         self._timer: Optional[asyncio.TimerHandle] = None
@@ -374,6 +378,10 @@ class Engine(LinkEvents, RouterRequests):
                 self._move(link, entry)
         return keys
 
+    async def _list_only(self, key: str) -> None:
+        self.listed(key, await self.submit("list", link=key,
+                                           description=f"{self.service}: list {key}"))
+
     def _set_owner(self, link: Link, names: Iterable[str]) -> None:
         for name in names:
             self.owner[name] = link
@@ -421,7 +429,9 @@ class Engine(LinkEvents, RouterRequests):
         for link in list(self.links.values()):
             self._close_link_sockets(link)
         self._reset_router()
-        ended, self._ended = self._ended, []
+        for task in self._learning:
+            task.cancel()
+        ended, self._ended = self._ended + list(self._learning), []
         if ended:
             await asyncio.gather(*ended, return_exceptions=True)
         self.ctx.destroy(linger=0)     # every socket is closed already: this only terms

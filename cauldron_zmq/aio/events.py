@@ -178,10 +178,18 @@ class LinkEvents:
                 same = True
         link.relookup_answered(same)
         for key in self.add_links([e for e in entries if link_key(e) not in self.links]):
-            listing = self.submit("list", link=key, description=f"{self.service}: list {key}")
-            listing.add_done_callback(
-                lambda f, k=key: f.cancelled() or f.exception() is not None
-                or self.listed(k, f.result()))
+            self._learn_later(key)       # a dispatcher of the service that came up since
+
+    def _learn_later(self: "Engine", key: str) -> None:
+        """List and describe a new dispatcher's keywords (the Service's ``learn``)."""
+        task = asyncio.ensure_future(self.learn(key))
+        self._learning.add(task)
+        task.add_done_callback(self._learned)
+
+    def _learned(self: "Engine", task: "asyncio.Future[Any]") -> None:
+        self._learning.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.warning("%s; its keywords are not available", task.exception())
 
 
 __all__ = ["LinkEvents", "ROUTER"]

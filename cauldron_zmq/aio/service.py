@@ -67,6 +67,7 @@ class Service:
         if self._engine is not None:
             raise RuntimeError(f"service {self.name!r} is open already")
         self._engine = Engine(self.name, self.config, self.timeout, self.log)
+        self._engine.learn = self._learn       # a dispatcher found later is described too
         try:
             await self._connect()
         except BaseException:

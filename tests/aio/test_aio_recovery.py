@@ -260,3 +260,31 @@ async def test_acknowledged_write_fails_when_its_dispatcher_restarts(
                 proc.kill()
                 proc.wait(10)
         router.stop()
+
+
+def _first(svc: Any) -> None:
+    from cauldron_zmq import DFW
+    DFW.Integer("A1", svc, initial=1)
+
+
+def _second(svc: Any) -> None:
+    from cauldron_zmq import DFW
+    DFW.Integer("B1", svc, initial=2)
+
+
+async def test_a_dispatcher_found_later_is_described() -> None:
+    """The first dispatcher goes; looking it up again finds a second one of the service,
+    whose keywords become the Service's (listed and described, no call needed)."""
+    from cauldron_zmq import DFW
+    with ServiceHarness(_first, "atwo", dispatcher="first") as h:
+        async with aio.Service("atwo", config=h.config) as svc:
+            assert svc.keywords() == ["A1"]
+            second = await off_loop(lambda: DFW.Service("atwo", h.config, setup=_second,
+                                                        dispatcher="second").begin())
+            try:
+                await off_loop(h.stop_dispatcher)       # first gone: silence, a look-up
+                await eventually(lambda: "B1" in svc, 15, "the second dispatcher's keyword")
+                assert await svc["b1"].read() == "2"
+                assert svc["B1"].value == 2              # described: its value came too
+            finally:
+                await off_loop(second.shutdown)
