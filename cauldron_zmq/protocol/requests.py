@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from .wire import E_NOT_FOUND, Request
 
-__all__ = ["Pending", "RequestTable", "keep_waiting", "better_refusal", "ROUTER"]
+__all__ = ["Pending", "RequestTable", "keep_waiting", "better_refusal", "ROUTER",
+           "expiry", "EXTEND", "TIMED_OUT", "UNANSWERED"]
 
 #: The ``link`` of a router request: the routers are one peer, asked all at once.
 ROUTER = "\0router"
@@ -185,6 +186,28 @@ def keep_waiting(p: Pending, *, alive: bool, refused: bool) -> bool:
     no deadline for, while its dispatcher stays alive and reachable."""
     return (not p.router and not p.explicit and p.acked and alive and not refused
             and p.request.command == "write")
+
+
+#: What a due dispatcher request comes to (:func:`expiry`).
+EXTEND, TIMED_OUT, UNANSWERED = "extend", "timed-out", "unanswered"
+
+
+def expiry(p: Pending, *, alive: bool, refused: bool, last_reply: float) -> str:
+    """What a dispatcher request whose deadline passed comes to.
+
+    :data:`EXTEND`: a slow write waits on (:func:`keep_waiting`).
+    :data:`TIMED_OUT`: it fails with a timeout; an acknowledged one, or one
+    sent on a connection that answered something since, says nothing about
+    the connection.  :data:`UNANSWERED`: it fails with a timeout and nothing
+    came back from the dispatcher since it was sent (``last_reply`` is the
+    time of its latest reply): the connection may be dead, so the I/O layer
+    replaces it (Lazy Pirate) and looks the dispatcher up again.
+    """
+    if keep_waiting(p, alive=alive, refused=refused):
+        return EXTEND
+    if p.acked or last_reply >= p.sent_at:
+        return TIMED_OUT
+    return UNANSWERED
 
 
 def better_refusal(best: Optional[BaseException], new: BaseException) -> BaseException:
