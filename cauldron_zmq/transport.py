@@ -37,7 +37,6 @@ RECONNECT_IVL_MS = 50         # ZeroMQ's own reconnect: quick on a restart...
 RECONNECT_IVL_MAX_MS = 250    # ...and never slower than this
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 
@@ -243,10 +242,17 @@ def send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int = _NOBLOCK,
 
 
 def recv_frames(sock: zmq.Socket, flags: int = 0, copy: bool = True) -> List[Any]:
-    """``recv_multipart`` with plain-int flags and option (see :func:`send_frames`)."""
-    parts = [_recv(sock, flags, copy)]
-    while _get(sock, _RCVMORE):
-        parts.append(_recv(sock, flags, copy))
+    """``recv_multipart`` with plain-int flags (see :func:`send_frames`).
+
+    Each part is received as a Frame, whose ``more`` says whether another
+    follows: asking the socket (``RCVMORE``) makes an option enum per frame.
+    ``copy=True`` gives bytes, as ``recv_multipart`` does; ``copy=False`` Frames.
+    """
+    frame = _recv(sock, flags, False)
+    parts = [frame.bytes if copy else frame]
+    while frame.more:
+        frame = _recv(sock, flags, False)
+        parts.append(frame.bytes if copy else frame)
     return parts
 
 

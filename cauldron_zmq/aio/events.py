@@ -19,6 +19,7 @@ from ..errors import DispatcherRestarted
 from ..names import split_entries
 from ..protocol.cache import BROADCAST, FRESH
 from ..protocol.links import Resync, link_key
+from ..protocol.payloads import Heartbeat, gseq_of
 from ..protocol.requests import ROUTER
 from ..client.events import silent_error
 from ..security import handshake_event
@@ -45,11 +46,11 @@ class LinkEvents:
         if back is not None:
             self._came_back(link, back)
         if b.is_heartbeat:
-            action = link.on_heartbeat(b.payload)
+            action = link.on_heartbeat(Heartbeat.from_payload(b.payload))
             if action is not None:
                 self._resync(link, action)
             return
-        action = link.on_broadcast(b.payload.get("gseq"))
+        action = link.on_broadcast(gseq_of(b.payload))
         if action is not None:
             self._resync(link, action)
         kw = self.kwobjs.get(b.keyword.upper())

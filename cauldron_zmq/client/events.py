@@ -24,7 +24,7 @@ from ..errors import (
 )
 from ..names import split_entries
 from ..protocol.links import LinkState, Resync, link_key
-from ..protocol.payloads import Heartbeat
+from ..protocol.payloads import Heartbeat, gseq_of
 from ..protocol.requests import ROUTER, Pending, RequestTable
 from ..security import handshake_event
 from ..transport import Monitored, drain
@@ -115,9 +115,7 @@ class _LinkEvents:
             self._do_resync(link, action)
 
     def _on_broadcast(self, link: _Link, b: protocol.Broadcast) -> None:
-        gseq = b.payload.get("gseq")
-        action = link.on_broadcast(gseq if isinstance(gseq, int) and not isinstance(gseq, bool)
-                                   else None)
+        action = link.on_broadcast(gseq_of(b.payload))
         if action is not None:
             self._do_resync(link, action)
         name = b.keyword.upper()

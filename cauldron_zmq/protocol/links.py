@@ -23,7 +23,7 @@ and ``now`` and is tested without sockets (tests/protocol/test_links_pure.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from .backoff import LOOKUP, Schedule
 from .payloads import Entry, Heartbeat
@@ -256,8 +256,14 @@ class LinkState:
         self.synced = False
         return Resync("broadcast socket connected")
 
-    def on_heartbeat(self, hb: Heartbeat) -> Optional[Resync]:
-        """A heartbeat: restart by ``started``/``pid``, gaps and regressions by ``gseq``."""
+    def on_heartbeat(self, hb: Union[Heartbeat, Mapping[str, Any]]) -> Optional[Resync]:
+        """A heartbeat: restart by ``started``/``pid``, gaps and regressions by ``gseq``.
+
+        ``hb`` is decoded at the boundary (:meth:`Heartbeat.from_payload`); a
+        raw mapping is decoded here.
+        """
+        if not isinstance(hb, Heartbeat):
+            hb = Heartbeat.from_payload(hb)
         started, pid, gseq = hb.started, hb.pid, hb.gseq
         if hb.interval is not None:
             self.interval = hb.interval

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
-__all__ = ["Heartbeat", "Value", "Entry"]
+__all__ = ["Heartbeat", "Value", "Entry", "gseq_of"]
 
 
 def _int(value: Any) -> Optional[int]:
@@ -30,6 +30,11 @@ def _number(value: Any) -> Optional[float]:
 def _positive(value: Any) -> Optional[float]:
     number = _number(value)
     return number if number is not None and number > 0 else None
+
+
+def gseq_of(payload: Mapping[str, Any]) -> Optional[int]:
+    """A broadcast's sequence number (None if absent or not an integer)."""
+    return _int(payload.get("gseq"))
 
 
 class Heartbeat(NamedTuple):
