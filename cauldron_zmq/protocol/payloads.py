@@ -24,7 +24,11 @@ def _int(value: Any) -> Optional[int]:
 def _number(value: Any) -> Optional[float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)           # a 400-digit JSON integer does not fit
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _positive(value: Any) -> Optional[float]:

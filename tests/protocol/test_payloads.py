@@ -67,6 +67,13 @@ def test_value_decoding_never_trusts_a_wrong_type(payload: dict) -> None:
     assert got.ascii is None or isinstance(got.ascii, str)
 
 
+def test_a_number_too_large_for_a_float_is_absent() -> None:
+    """JSON integers have no size limit; a hostile 400-digit time must not raise."""
+    got = Value.from_payload({"value": 1, "time": 10 ** 400, "seq": 10 ** 400})
+    assert got is not None and got.time is None and got.seq == 10 ** 400
+    assert Heartbeat.from_payload({"started": -10 ** 400, "interval": 10 ** 400}).started is None
+
+
 def test_an_entry_round_trips_and_names_its_link() -> None:
     e = Entry("default", "tcp", "10.0.0.2", 5001, 5002, ("TEMP", "COUNT"))
     payload = over_the_wire(e.to_payload())
