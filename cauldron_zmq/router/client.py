@@ -20,6 +20,7 @@ from ..errors import (AuthenticationError, CauldronError, ProtocolError, RouterE
                       TimeoutError, remote_exception)
 from ..security import (FAILED, HANDSHAKE_EVENTS, REFUSED, SUCCEEDED, client_security,
                         handshake_event, refused_message)
+from ..protocol.requests import better_refusal
 from ..transport import Monitored, make_socket
 
 __all__ = ["RouterClient", "ask_routers", "first_good", "PARALLEL_COMMANDS"]
@@ -349,9 +350,11 @@ def first_good(answers: Dict[str, Answer], command: str, target: str,
         if isinstance(answer, dict):
             return answer
     errors = [a for a in answers.values() if isinstance(a, BaseException)]
-    refusals = [e for e in errors if isinstance(e, RouterError)]
-    refusals.sort(key=lambda e: getattr(e, "code", "") != protocol.E_NOT_FOUND)
-    for error in refusals + [e for e in errors if not isinstance(e, TimeoutError)]:
+    best: Optional[BaseException] = None
+    for refusal in (e for e in errors if isinstance(e, RouterError)):
+        best = better_refusal(best, refusal)      # the rule the I/O thread's look-ups use
+    for error in ([best] if best is not None else []) + \
+            [e for e in errors if not isinstance(e, (TimeoutError, RouterError))]:
         raise error
     what = f"{command} {target!r}" if target else command
     raise TimeoutError(f"no answer from any router ({', '.join(answers) or 'none'}) "
