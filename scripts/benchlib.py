@@ -1274,15 +1274,11 @@ def _roundtrip_diagnostics(env: Env, report: Report, count: int) -> None:
     the same gseq) never reach the ktl client connected to the echo.
     """
     from cauldron_zmq import ktl
-    from cauldron_zmq.config import config_from_mapping
     disp, echo = env.dispatcher(), env.echo()
     raw_echo, raw_disp = echo["raw"], disp["raw"]
     read = request("read", "READV", rid="bench-read")
     wchg = [request("write", "WCHG", {"value": v}, rid="bench-wchg") for v in (2.5, 1.5)]
-    data = json.loads(json.dumps(env.config_data))
-    data["zmq"].update({"dispatch-port": echo["port"], "broadcast-port": echo["pub_port"]})
-    data["zmq-router"]["enable"] = False
-    svc = ktl.Service(SERVICE, config=config_from_mapping(data, source="bench"))
+    svc = ktl.Service(SERVICE, config=_echo_config(env, echo))
     try:
         readv = svc["READV"]
         reads = interleaved({
@@ -1318,6 +1314,15 @@ def _roundtrip_diagnostics(env: Env, report: Report, count: int) -> None:
     report.diagnostic("write changed: raw DEALER -> dispatcher, median", "us",
                       latency(writes["raw->disp"])["median_us"],
                       latency(writes["bare"])["median_us"], "bare")
+
+
+def _echo_config(env: Env, echo: Dict[str, Any]) -> Any:
+    """The bench's configuration with the bare echo server as the service's only dispatcher."""
+    from cauldron_zmq.config import config_from_mapping
+    data = json.loads(json.dumps(env.config_data))
+    data["zmq"].update({"dispatch-port": echo["port"], "broadcast-port": echo["pub_port"]})
+    data["zmq-router"]["enable"] = False
+    return config_from_mapping(data, source="bench")
 
 
 def _alternate(raw: RawDealer, requests: List[List[bytes]], sub: zmq.Socket) -> Callable[[], None]:
@@ -1408,6 +1413,43 @@ def section_aio(env: Env, report: Report, count: int, rounds: int,
     report.figure("aio.concurrent", f"asyncio: {concurrent:,} concurrent reads in one loop, "
                   "reads/s", "ops/s", project, bare, better="higher", concurrent=concurrent,
                   rounds=rounds, project_all=rates["aio"], bare_all=rates["bare"])
+    lat, rates = asyncio.run(_aio_client_alone(env, echo, max(200, count // 2), rounds,
+                                               concurrent))
+    report.diagnostic("asyncio read: aio client -> bare echo, median", "us",
+                      latency(lat["aio"])["median_us"], latency(lat["bare"])["median_us"],
+                      "bare")
+    report.diagnostic(f"asyncio {concurrent:,} concurrent reads: aio client -> bare echo",
+                      "ops/s", statistics.median(rates["aio"]),
+                      statistics.median(rates["bare"]), "bare")
+
+
+async def _aio_client_alone(env: Env, echo: Dict[str, Any], count: int, rounds: int,
+                            concurrent: int
+                            ) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """The asyncio client against the bare echo server: its own cost, apart from the
+    dispatcher's (reads only: the echo's canned broadcasts never reach it)."""
+    import zmq.asyncio
+    from cauldron_zmq import aio
+    read = _roundtrip_frames()[0]
+    many = [request("read", "READV", rid=f"bench-{i:04d}") for i in range(concurrent)]
+    context = zmq.asyncio.Context()
+    dealer = AsyncRawDealer(context, echo["address"], env.hwm)
+    try:
+        async with aio.Service(SERVICE, config=_echo_config(env, echo)) as svc:
+            readv = svc["READV"]
+
+            async def aio_many() -> None:
+                await asyncio.gather(*[readv.read(binary=True) for _ in range(concurrent)])
+
+            lat = await interleaved_async({"aio": lambda: readv.read(binary=True),
+                                           "bare": lambda: dealer.round_trip(read)}, count)
+            rates = await _alternating_rates({"aio": aio_many,
+                                              "bare": lambda: dealer.concurrent(many)},
+                                             rounds, concurrent)
+    finally:
+        dealer.close()
+        context.term()
+    return lat, rates
 
 
 async def _aio_measures(env: Env, echo: Dict[str, Any], bare_sub: zmq.Socket, count: int,
