@@ -38,7 +38,7 @@ NO_RATIO = {"recovery", "services.threads", "services.contexts", "services.fds",
             "services.open"}
 MAYBE_NO_RATIO = {"broadcast.1.lost", "broadcast.10.lost", "broadcast.1.final",
                   "broadcast.10.final"}
-#: Figures with a bar (issue 12's targets), and the bar each must carry.
+#: Figures with a bar (issue 12's targets, issue 15's for asyncio), and the bar each must carry.
 BARS = {"read.median": 1.3, "wchg.median": 1.3, "read.p99": 1.5, "wchg.p99": 1.5,
         "aio.read.median": 1.3, "aio.wchg.median": 1.3, "aio.read.p99": 1.5,
         "aio.wchg.p99": 1.5,
