@@ -25,7 +25,9 @@ its reply and its broadcast, as the dispatcher sends the array it stored.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 import os
 import re
@@ -38,7 +40,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 import zmq
 
@@ -56,7 +58,7 @@ SUBSCRIBERS = 10
 COUNTERS = 64                # counted keywords C0000..C0063: one per broadcast run
 WARMUP = 200
 BLOCK = 100                  # operations per block when interleaving measures
-SECTIONS = ("startup", "memory", "router", "roundtrip", "concurrency", "broadcast",
+SECTIONS = ("startup", "memory", "router", "roundtrip", "aio", "concurrency", "broadcast",
             "services", "recovery", "array", "replicas")
 SERVICES_OPENED = 50         # ktl.Service objects one process opens (section services)
 CONCURRENT_THREADS = 8       # threads reading at once (section concurrency)
@@ -218,21 +220,45 @@ def interleaved(ops: Dict[str, Callable[[], Any]], count: int, block: int = BLOC
     either figure.
     """
     for op in ops.values():
-        for _ in range(min(warmup, max(5, count // 5))):
+        for _ in range(_warmups(count, warmup)):
             op()
     out: Dict[str, List[float]] = {name: [] for name in ops}
     clock = time.perf_counter_ns
-    done = 0
-    while done < count:
-        n = min(block, count - done)
+    for n in _blocks(count, block):
         for name, op in ops.items():
             lat = out[name]
             for _ in range(n):
                 t0 = clock()
                 op()
                 lat.append((clock() - t0) / 1000.0)
-        done += n
     return out
+
+
+async def interleaved_async(ops: Dict[str, Callable[[], Awaitable[Any]]], count: int,
+                            block: int = BLOCK, warmup: int = WARMUP) -> Dict[str, List[float]]:
+    """:func:`interleaved` for asyncio: each op returns an awaitable, awaited one at a time."""
+    for op in ops.values():
+        for _ in range(_warmups(count, warmup)):
+            await op()
+    out: Dict[str, List[float]] = {name: [] for name in ops}
+    clock = time.perf_counter_ns
+    for n in _blocks(count, block):
+        for name, op in ops.items():
+            lat = out[name]
+            for _ in range(n):
+                t0 = clock()
+                await op()
+                lat.append((clock() - t0) / 1000.0)
+    return out
+
+
+def _warmups(count: int, warmup: int) -> int:
+    return min(warmup, max(5, count // 5))
+
+
+def _blocks(count: int, block: int) -> List[int]:
+    """The size of each block of ``count`` operations: ``block`` each, the rest last."""
+    return [min(block, count - done) for done in range(0, count, block)]
 
 
 def latency(lat: Sequence[float]) -> Dict[str, float]:
@@ -1160,15 +1186,8 @@ def section_roundtrip(env: Env, report: Report, count: int) -> None:
     from cauldron_zmq import ktl
     echo = env.echo()                   # (starts the dispatcher first, to capture its answers)
     raw = echo["raw"]
-    bare_sub = env.context.socket(zmq.SUB)
-    bare_sub.setsockopt(zmq.LINGER, 0)
-    bare_sub.setsockopt(zmq.RCVHWM, env.hwm)
-    bare_sub.setsockopt(zmq.SUBSCRIBE, (SERVICE + "\0").encode())
-    bare_sub.connect(echo["broadcast"])
-    read = request("read", "READV", rid="bench-read")
-    wsame = request("write", "WSAME", {"value": 1.5}, rid="bench-wsame")
-    wchg = [request("write", "WCHG", {"value": v}, rid="bench-wchg") for v in (2.5, 1.5)]
-    _slow_joiner(raw, wchg, bare_sub)
+    read, wsame, wchg = _roundtrip_frames()
+    bare_sub = _bare_sub(env, echo)
 
     svc = ktl.Service(SERVICE, config=env.config)
     try:
@@ -1190,14 +1209,48 @@ def section_roundtrip(env: Env, report: Report, count: int) -> None:
     finally:
         svc.shutdown()
         bare_sub.close(0)
-    for key, label in (("read", "read"), ("wsame", "write, unchanged"),
-                       ("wchg", "write, changed (+ broadcast)")):
-        p, b = latency(lat[f"ktl {key}"]), latency(lat[f"bare {key}"])
+    _roundtrip_figures(report, lat, "ktl", ("read", "wsame", "wchg"), count)
+    _roundtrip_diagnostics(env, report, max(200, count // 2))
+
+
+ROUNDTRIP_LABELS = {"read": "read", "wsame": "write, unchanged",
+                    "wchg": "write, changed (+ broadcast)"}
+
+
+def _roundtrip_figures(report: Report, lat: Dict[str, List[float]], client: str,
+                       keys: Sequence[str], count: int, prefix: str = "",
+                       label_prefix: str = "") -> None:
+    """Median and p99 of each ``"{client} {key}"`` against ``"bare {key}"``, with the bars."""
+    for key in keys:
+        p, b = latency(lat[f"{client} {key}"]), latency(lat[f"bare {key}"])
         for stat in ("median", "p99"):
-            report.figure(f"{key}.{stat}", f"{label} round trip, {stat}", "us",
+            report.figure(f"{prefix}{key}.{stat}",
+                          f"{label_prefix}{ROUNDTRIP_LABELS[key]} round trip, {stat}", "us",
                           p[f"{stat}_us"], b[f"{stat}_us"], bar=ROUNDTRIP_BARS[stat],
                           count=count)
-    _roundtrip_diagnostics(env, report, max(200, count // 2))
+
+
+def _roundtrip_frames() -> Tuple[List[bytes], List[bytes], List[List[bytes]]]:
+    """The bare client's requests: a read, an unchanged write, the two changed writes."""
+    read = request("read", "READV", rid="bench-read")
+    wsame = request("write", "WSAME", {"value": 1.5}, rid="bench-wsame")
+    wchg = [request("write", "WCHG", {"value": v}, rid="bench-wchg") for v in (2.5, 1.5)]
+    return read, wsame, wchg
+
+
+def _bare_sub(env: Env, echo: Dict[str, Any]) -> zmq.Socket:
+    """The bare client's SUB to the echo server's broadcasts, its subscription in place."""
+    sub = env.context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, env.hwm)
+    sub.setsockopt(zmq.SUBSCRIBE, (SERVICE + "\0").encode())
+    sub.connect(echo["broadcast"])
+    try:
+        _slow_joiner(echo["raw"], _roundtrip_frames()[2], sub)
+    except BaseException:
+        sub.close(0)
+        raise
+    return sub
 
 
 def _slow_joiner(raw: RawDealer, requests: List[List[bytes]], sub: zmq.Socket) -> None:
@@ -1222,15 +1275,11 @@ def _roundtrip_diagnostics(env: Env, report: Report, count: int) -> None:
     the same gseq) never reach the ktl client connected to the echo.
     """
     from cauldron_zmq import ktl
-    from cauldron_zmq.config import config_from_mapping
     disp, echo = env.dispatcher(), env.echo()
     raw_echo, raw_disp = echo["raw"], disp["raw"]
     read = request("read", "READV", rid="bench-read")
     wchg = [request("write", "WCHG", {"value": v}, rid="bench-wchg") for v in (2.5, 1.5)]
-    data = json.loads(json.dumps(env.config_data))
-    data["zmq"].update({"dispatch-port": echo["port"], "broadcast-port": echo["pub_port"]})
-    data["zmq-router"]["enable"] = False
-    svc = ktl.Service(SERVICE, config=config_from_mapping(data, source="bench"))
+    svc = ktl.Service(SERVICE, config=_echo_config(env, echo))
     try:
         readv = svc["READV"]
         reads = interleaved({
@@ -1268,6 +1317,15 @@ def _roundtrip_diagnostics(env: Env, report: Report, count: int) -> None:
                       latency(writes["bare"])["median_us"], "bare")
 
 
+def _echo_config(env: Env, echo: Dict[str, Any]) -> Any:
+    """The bench's configuration with the bare echo server as the service's only dispatcher."""
+    from cauldron_zmq.config import config_from_mapping
+    data = json.loads(json.dumps(env.config_data))
+    data["zmq"].update({"dispatch-port": echo["port"], "broadcast-port": echo["pub_port"]})
+    data["zmq-router"]["enable"] = False
+    return config_from_mapping(data, source="bench")
+
+
 def _alternate(raw: RawDealer, requests: List[List[bytes]], sub: zmq.Socket) -> Callable[[], None]:
     """A changed write (alternating values) and a drain of the broadcasts it caused."""
     state = {"i": 0}
@@ -1275,12 +1333,191 @@ def _alternate(raw: RawDealer, requests: List[List[bytes]], sub: zmq.Socket) -> 
     def op() -> None:
         state["i"] ^= 1
         raw.round_trip(requests[state["i"]])
-        try:
-            while True:
-                sub.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+        _drain(sub)
     return op
+
+
+def _drain(sub: zmq.Socket) -> None:
+    """Read every message the SUB holds now, without waiting."""
+    try:
+        while True:
+            sub.recv_multipart(zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+
+
+#: Reads in flight at once in one event loop (section aio).
+AIO_CONCURRENT = 1000
+
+
+class AsyncRawDealer:
+    """The bare asyncio client: a ``zmq.asyncio`` DEALER, pre-encoded frames, nothing else.
+
+    No timeout per call (a timer per request is not bare); the bench's time
+    limit ends a run that hangs.
+    """
+
+    def __init__(self, context: Any, address: str, hwm: int = 1000) -> None:
+        self.sock = context.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, hwm)
+        self.sock.setsockopt(zmq.RCVHWM, hwm)
+        self.sock.connect(address)
+
+    async def round_trip(self, frames: List[bytes]) -> List[bytes]:
+        await self.sock.send_multipart(frames)
+        return await self.sock.recv_multipart()
+
+    async def concurrent(self, requests: List[List[bytes]]) -> None:
+        """Every request at once, each awaiting its own reply, matched by request id
+        (frame 1) by one receiving task -- what a minimal asyncio client does."""
+        loop = asyncio.get_running_loop()
+        pending: Dict[bytes, "asyncio.Future[List[bytes]]"] = {}
+
+        async def receive() -> None:
+            for _ in range(len(requests)):
+                reply = await self.sock.recv_multipart()
+                future = pending.pop(reply[1], None)
+                if future is None:
+                    raise BenchError(f"a reply to no request: {reply[:2]!r}")
+                future.set_result(reply)
+
+        async def one(frames: List[bytes]) -> List[bytes]:
+            future = pending[frames[1]] = loop.create_future()
+            await self.sock.send_multipart(frames)
+            return await future
+
+        receiver = asyncio.ensure_future(receive())
+        try:
+            await asyncio.gather(*[one(frames) for frames in requests])
+            await receiver
+        finally:
+            receiver.cancel()
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+def section_aio(env: Env, report: Report, count: int, rounds: int,
+                concurrent: int = AIO_CONCURRENT) -> None:
+    """The asyncio client: read and changed-write round trips, and ``concurrent`` reads at
+    once, vs a bare ``zmq.asyncio`` DEALER -> bare echo, in one event loop of this process."""
+    echo = env.echo()                   # (starts the dispatcher first, to capture its answers)
+    bare_sub = _bare_sub(env, echo)
+    try:
+        lat, rates = asyncio.run(_aio_measures(env, echo, bare_sub, count, rounds, concurrent))
+    finally:
+        bare_sub.close(0)
+    _roundtrip_figures(report, lat, "aio", ("read", "wchg"), count, prefix="aio.",
+                       label_prefix="asyncio ")
+    project, bare = statistics.median(rates["aio"]), statistics.median(rates["bare"])
+    report.figure("aio.concurrent", f"asyncio: {concurrent:,} concurrent reads in one loop, "
+                  "reads/s", "ops/s", project, bare, better="higher", concurrent=concurrent,
+                  rounds=rounds, project_all=rates["aio"], bare_all=rates["bare"])
+    lat, rates = asyncio.run(_aio_client_alone(env, echo, max(200, count // 2), rounds,
+                                               concurrent))
+    report.diagnostic("asyncio read: aio client -> bare echo, median", "us",
+                      latency(lat["aio"])["median_us"], latency(lat["bare"])["median_us"],
+                      "bare")
+    report.diagnostic(f"asyncio {concurrent:,} concurrent reads: aio client -> bare echo",
+                      "ops/s", statistics.median(rates["aio"]),
+                      statistics.median(rates["bare"]), "bare")
+
+
+async def _aio_client_alone(env: Env, echo: Dict[str, Any], count: int, rounds: int,
+                            concurrent: int
+                            ) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """The asyncio client against the bare echo server: its own cost, apart from the
+    dispatcher's (reads only: the echo's canned broadcasts never reach it)."""
+    import zmq.asyncio
+    from cauldron_zmq import aio
+    read = _roundtrip_frames()[0]
+    many = [request("read", "READV", rid=f"bench-{i:04d}") for i in range(concurrent)]
+    context = zmq.asyncio.Context()
+    dealer = AsyncRawDealer(context, echo["address"], env.hwm)
+    log = logging.getLogger(f"cauldron_zmq.aio.{SERVICE}")
+    level = log.level
+    log.setLevel(logging.ERROR)     # the echo describes only READV, WSAME, WCHG: no warning
+    try:                            # for each of the others (described as strings)
+        async with aio.Service(SERVICE, config=_echo_config(env, echo)) as svc:
+            readv = svc["READV"]
+
+            async def aio_many() -> None:
+                await asyncio.gather(*[readv.read(binary=True) for _ in range(concurrent)])
+
+            lat = await interleaved_async({"aio": lambda: readv.read(binary=True),
+                                           "bare": lambda: dealer.round_trip(read)}, count)
+            rates = await _alternating_rates({"aio": aio_many,
+                                              "bare": lambda: dealer.concurrent(many)},
+                                             rounds, concurrent)
+    finally:
+        log.setLevel(level)
+        dealer.close()
+        context.term()
+    return lat, rates
+
+
+async def _aio_measures(env: Env, echo: Dict[str, Any], bare_sub: zmq.Socket, count: int,
+                        rounds: int, concurrent: int
+                        ) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """Round-trip latencies (interleaved) and concurrent-read rates (alternating rounds).
+
+    The bare client's DEALER is a ``zmq.asyncio`` one of a context of its
+    own, as the asyncio client has; its SUB (the roundtrip section's, read
+    without waiting after each changed write) drains the echo's broadcasts.
+    """
+    import zmq.asyncio
+    from cauldron_zmq import aio
+    read, _wsame, wchg = _roundtrip_frames()
+    many = [request("read", "READV", rid=f"bench-{i:04d}") for i in range(concurrent)]
+    context = zmq.asyncio.Context()
+    dealer = AsyncRawDealer(context, echo["address"], env.hwm)
+    try:
+        async with aio.Service(SERVICE, config=env.config) as svc:
+            readv, wchg_kw = svc["READV"], svc["WCHG"]
+            values, state = (2.5, 1.5), {"aio": 0, "bare": 0}
+
+            def aio_changed() -> Awaitable[Any]:
+                state["aio"] ^= 1
+                return wchg_kw.write(values[state["aio"]])
+
+            async def bare_changed() -> None:
+                state["bare"] ^= 1
+                await dealer.round_trip(wchg[state["bare"]])
+                _drain(bare_sub)
+
+            async def aio_many() -> None:
+                await asyncio.gather(*[readv.read(binary=True) for _ in range(concurrent)])
+
+            lat = await interleaved_async({
+                "aio read": lambda: readv.read(binary=True),
+                "bare read": lambda: dealer.round_trip(read),
+                "aio wchg": aio_changed,
+                "bare wchg": bare_changed,
+            }, count)
+            rates = await _alternating_rates({"aio": aio_many,
+                                              "bare": lambda: dealer.concurrent(many)},
+                                             rounds, concurrent)
+    finally:
+        dealer.close()
+        context.term()
+    return lat, rates
+
+
+async def _alternating_rates(ops: Dict[str, Callable[[], Awaitable[Any]]], rounds: int,
+                             per_round: int) -> Dict[str, List[float]]:
+    """Operations per second of each op (``per_round`` operations a call), over
+    ``rounds`` calls each after one warm-up call, the ops taking turns."""
+    for op in ops.values():
+        await op()
+    out: Dict[str, List[float]] = {name: [] for name in ops}
+    clock = time.perf_counter
+    for _ in range(rounds):
+        for name, op in ops.items():
+            t0 = clock()
+            await op()
+            out[name].append(per_round / (clock() - t0))
+    return out
 
 
 def section_broadcast(env: Env, report: Report, n: int, rounds: int = 1) -> None:
