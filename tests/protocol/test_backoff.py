@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cauldron_zmq.protocol.backoff import LOOKUP, Schedule
@@ -77,6 +77,7 @@ def test_defaults() -> None:
     assert LOOKUP == Schedule(0.05, 2.0, 1.0)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])   # a loaded CI machine
 @given(initial=st.floats(0.001, 1.0), factor=st.floats(1.0, 4.0), extra=st.floats(0, 5),
        n=st.integers(0, 60))
 def test_properties(initial: float, factor: float, extra: float, n: int) -> None:
