@@ -376,6 +376,10 @@ class Engine(_RouterRequests, _LinkEvents):
             self._expire_router(p)
             return
         assert link is not None
+        if link.dealer is not None and link.dealer.monitor is not None:
+            self._on_dealer_monitor(link, link.dealer)    # a refusal that came with the deadline
+            if p.task.done():
+                return
         if p.acked:
             p.task._fail(TimeoutError(
                 f"{p.task.description}: {link.describe()} acknowledged the request but did "

@@ -82,6 +82,15 @@ class _RouterRequests:
                                       f"{self.router_where}"))
 
     def _expire_router(self, p: Pending) -> None:
+        # What the handshake monitors already hold is taken in before judging by
+        # the clock: a refusal or a failed handshake that came with the deadline
+        # is reported as such, not as mere silence.
+        for address in sorted(p.peers_left):
+            m = self.router_socks.get(address)
+            if m is not None:
+                self._on_router_monitor(address, m)
+        if p.task.done():                     # a refusal taken in just now ended it
+            return
         for address in p.peers_left:          # Lazy Pirate: silent routers get new sockets
             self._reset_router(address)
         if p.refusal is not None:             # one refused, the others were silent
