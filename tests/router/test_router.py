@@ -594,7 +594,10 @@ def test_router_keeps_answering_after_garbage(shared_router: Router,
             if reply.id == "raw-1":
                 assert reply.ok
                 break
-            assert isinstance(reply, protocol.Reply) and reply.status == protocol.ERROR
+            # an error for garbage; "ok" when the fuzz happened to build a valid
+            # request (hypothesis found [CZMQ1, "\0", "ping", "", ""])
+            assert isinstance(reply, protocol.Reply) and reply.status in (protocol.ERROR,
+                                                                          protocol.OK)
         else:
             pytest.fail("no answer to the raw ping")
     finally:
