@@ -15,15 +15,15 @@ from typing import Callable, Iterator, List
 import pytest
 from hypothesis import settings
 
+from cauldron_zmq.pytest_plugin import cauldron_harness, cauldron_service  # noqa: F401
+from cauldron_zmq.testing import free_port, free_ports
+
 # Property tests draw the same examples on every run (a suite that goes red on
 # one run in ten is no signal): ``derandomize`` seeds each test from its name.
 # HYPOTHESIS_PROFILE=explore searches afresh, for finding new failures by hand.
 settings.register_profile("deterministic", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
-
-from cauldron_zmq.pytest_plugin import cauldron_harness, cauldron_service  # noqa: F401
-from cauldron_zmq.testing import free_port, free_ports
 
 
 @pytest.fixture
