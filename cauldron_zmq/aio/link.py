@@ -20,8 +20,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from ..config import endpoint
-from ..protocol.links import LinkState
+from ..client.events import _Link as _ThreadedLink
 from ..transport import Monitored
 
 __all__ = ["Link", "Pumped", "Channel", "pump"]
@@ -199,22 +198,11 @@ class Channel:
         return self.tasks
 
 
-class Link(LinkState):
-    """One dispatcher of the service: its state (:class:`LinkState`) and its two sockets."""
+class Link(_ThreadedLink):
+    """One dispatcher of the service: its state (:class:`LinkState`), its addresses and
+    name in messages (shared with the threaded client), and its two Channels."""
 
     def __init__(self, key: str, entry: Dict[str, Any], now: float, liveness: float) -> None:
         super().__init__(key, entry, now, liveness)
-        self.dealer: Optional[Channel] = None
-        self.sub: Optional[Channel] = None
-
-    @property
-    def dispatch_address(self) -> str:
-        return endpoint(self.protocol, self.host, self.dispatch_port, bind=False)
-
-    @property
-    def broadcast_address(self) -> str:
-        return endpoint(self.protocol, self.host, self.broadcast_port, bind=False)
-
-    def describe(self) -> str:
-        name = f"dispatcher {self.name!r}" if self.name else "the dispatcher"
-        return f"{name} at {self.dispatch_address}"
+        self.dealer: Optional[Channel] = None      # type: ignore[assignment]
+        self.sub: Optional[Channel] = None         # type: ignore[assignment]

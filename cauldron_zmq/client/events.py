@@ -28,7 +28,7 @@ from ..protocol.payloads import Heartbeat, gseq_of
 from ..protocol.requests import ROUTER, Pending, RequestTable
 from ..security import handshake_event
 from ..transport import Monitored, drain
-from .task import _EVENT_CONNECTED, BROADCAST, ERROR, FRESH, REPLY, SUCCESS, Task
+from .task import _EVENT_CONNECTED, BROADCAST, ERROR, FRESH, SUCCESS, Task
 
 if TYPE_CHECKING:
     from .keyword import Keyword
@@ -205,11 +205,6 @@ class _LinkEvents:
         self.inflight_reads.discard(name)
         if task.status == ERROR:
             self.log.debug("%s", task.error)
-
-    def _ingest_reply(self, kw: "Keyword", reply: protocol.Reply, source: str = REPLY) -> Any:
-        """Take in a VALUE reply; fire callbacks if it is news."""
-        kw._take(reply.payload, reply.raw, source)
-        return reply.payload
 
     def io_register(self, kw: "Keyword") -> None:
         """A new Keyword object; catch up with a broadcast newer than its describe."""

@@ -221,7 +221,7 @@ class Keyword(Values, Operators):
             reply = engine.direct.request("read", self._name, {}, None, timeout, True,
                                           self._read_description)
             if reply is not None:            # answered in this thread (see client.direct)
-                return self._result(engine._ingest_reply(self, reply), reply.raw, binary, both)
+                return self._reply_result(reply, binary, both)
         task = self._read_task(binary, both, timeout, REPLY)
         return task if not wait else task.get()
 
@@ -229,8 +229,7 @@ class Keyword(Values, Operators):
                    source: str) -> Task:
         engine = self.service._engine_or_raise()
         return engine.submit("read", self._name, timeout=self._timeout(timeout),
-                             on_reply=lambda r: self._result(
-                                 engine._ingest_reply(self, r, source), r.raw, binary, both),
+                             on_reply=lambda r: self._reply_result(r, binary, both, source),
                              description=self._read_description)
 
     def _read_description(self) -> str:
@@ -254,11 +253,10 @@ class Keyword(Values, Operators):
                 "write", self._name, {"value": wire}, raw, seconds, explicit,
                 lambda: f"{self.full_name}: write {_short(value)}")
             if reply is not None:            # answered in this thread (see client.direct)
-                return self._result(engine._ingest_reply(self, reply), reply.raw, binary, False)
+                return self._reply_result(reply, binary, False)
         task = engine.submit("write", self._name, {"value": wire}, raw=raw,
                              timeout=seconds, explicit=explicit,
-                             on_reply=lambda r: self._result(engine._ingest_reply(self, r),
-                                                             r.raw, binary, False),
+                             on_reply=lambda r: self._reply_result(r, binary, False),
                              description=lambda: f"{self.full_name}: write {_short(value)}")
         return task if not wait else task.get()
 
@@ -438,14 +436,26 @@ class Keyword(Values, Operators):
             self._listeners.discard(event)
 
     # ------------------------------- updates (the I/O thread or a direct reply)
-    def _take(self, payload: Any, raw: Optional[bytes], source: str) -> None:
+    def _take(self, payload: Any, raw: Optional[bytes], source: str) -> Any:
         """Take a value in and queue its callbacks, in one step under the lock.
 
         Replies (in user threads, see :mod:`.direct`) and broadcasts (the I/O
         thread) arrive concurrently: deciding and queueing under one lock
-        keeps the callbacks in the order the changes were taken in.
+        keeps the callbacks in the order the changes were taken in.  Returns
+        the value decoded (None if the payload carries none), so a reply's
+        caller gets it without decoding it a second time.
         """
-        self._ingest(payload, raw, source, fire=True)
+        got = _value_fields(payload, raw)
+        if got is None:
+            return None
+        native = self._decode(got.value, raw)
+        self._store(got, native, source, fire=True)
+        return native
+
+    def _reply_result(self, reply: Any, binary: bool, both: bool, source: str = REPLY) -> Any:
+        """A read or write reply: taken into the cache, then what the call returns."""
+        native = self._take(reply.payload, reply.raw, source)
+        return self._result(reply.payload, reply.raw, binary, both, native)
 
     def _fire(self, state: Optional[_State]) -> None:
         """Queue the callbacks for ``state`` (None: nothing to fire)."""
@@ -453,20 +463,21 @@ class Keyword(Values, Operators):
         if state is not None and engine is not None:
             engine.callbacks.fire(self, state)
 
-    def _ingest(self, payload: Any, raw: Optional[bytes], source: str,
-                fire: bool = False) -> Optional[_State]:
+    def _ingest(self, payload: Any, raw: Optional[bytes], source: str) -> Optional[_State]:
         """Store a VALUE (unless older than the cache); the state to fire callbacks with.
 
         What is stored and what fires is :meth:`.protocol.cache.KeywordCache.ingest`'s
         decision; here the value is decoded (outside the lock: a flood of
-        broadcasts must not hold it, or the callback thread starves), and
-        waiters and listeners woken.  ``fire`` queues the callbacks too,
-        under the same lock (see :meth:`_take`).
+        broadcasts must not hold it, or the callback thread starves).
         """
         got = _value_fields(payload, raw)
         if got is None:
             return None                 # no value (yet): stays unpopulated, no history entry
-        native = self._decode(got.value, raw)
+        return self._store(got, self._decode(got.value, raw), source, fire=False)
+
+    def _store(self, got: Any, native: Any, source: str, fire: bool) -> Optional[_State]:
+        """The cache's decision under the lock, waiters and listeners woken; ``fire``
+        queues the callbacks under the same lock (see :meth:`_take`)."""
         wall = time.time()
         with self._lock:
             state = self._cache.ingest(native, got.ascii, got.time, got.seq, source,

@@ -16,6 +16,9 @@ from ..errors import CauldronError, ConversionError, MessageTooLarge
 from ..types import KeywordType, keyword_type
 
 
+_UNDECODED = object()      # _result's "decode it yourself"
+
+
 class Values:
     """Encoding and decoding a keyword's values (see the module)."""
 
@@ -81,11 +84,14 @@ class Values:
         except (ConversionError, ValueError, TypeError):
             return str(native)
 
-    def _result(self, payload: Any, raw: Optional[bytes], binary: bool, both: bool) -> Any:
+    def _result(self, payload: Any, raw: Optional[bytes], binary: bool, both: bool,
+                native: Any = _UNDECODED) -> Any:
+        """What read()/write() return: ascii, native, or both (``native``: decoded already)."""
         if not isinstance(payload, dict):
             raise CauldronError(f"{self.full_name}: the dispatcher answered {payload!r}, "
                                 "not a value")
-        native = self._decode(payload.get("value"), raw)
+        if native is _UNDECODED:
+            native = self._decode(payload.get("value"), raw)
         if binary and not both:
             return native
         text = payload.get("ascii")
